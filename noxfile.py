@@ -1,0 +1,53 @@
+"""Checks, run by `./dev test` (and so by CI) inside the project's venv.
+
+The sessions reuse the venv `./dev setup` made instead of building their own, so CI installs
+everything once and the e2e session, which runs as root in a private network namespace, installs
+nothing at run time.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["lint", "typecheck", "tests", "e2e"]
+nox.options.error_on_missing_interpreters = True
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.run("ruff", "check", "src", "tests", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py")
+    session.run("lint-imports")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.run("mypy", "--strict", "src")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit and property tests (no root needed)."""
+    session.run("python", "-m", "pytest", "tests/unit", "tests/property", *session.posargs)
+
+
+@nox.session
+def e2e(session: nox.Session) -> None:
+    """The real nftlb daemon, as root, inside a private network namespace (`unshare -n`)."""
+    if os.geteuid() != 0:
+        session.error("the e2e tests need root (they run nftlb in a private network namespace)")
+    session.run(
+        "unshare",
+        "-n",
+        "env",
+        "KUBE_NFTLB_E2E_NETNS=1",
+        "python",
+        "-m",
+        "pytest",
+        "tests/e2e",
+        *session.posargs,
+        external=True,
+    )

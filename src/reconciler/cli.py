@@ -1,0 +1,179 @@
+"""The `kube-nftlb` command line: `render`, `diff` (and `run`, the DaemonSet's loop).
+
+Exit codes follow `diff` and `kubectl diff`: 0 nothing to do, 1 changes (diff only), 2 errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from reconciler import __version__
+from reconciler.desired import Desired, desired_farms
+from reconciler.diff import diff
+from reconciler.farms import Farm, assign_marks
+from reconciler.kube import parse_objects
+from reconciler.manifests import ManifestError, load_paths
+from reconciler.plan import render_text
+from reconciler.problems import Problem
+from reconciler.wire import farms_document, parse_farms
+
+EXIT_OK, EXIT_CHANGES, EXIT_ERROR = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit 2."""
+
+
+def _print_problems(problems: Sequence[Problem], out: TextIO) -> None:
+    for p in problems:
+        print(f"problem: {p.ref}: {p.reason}: {p.message}", file=out)
+
+
+def _node_name(arg: str | None, objects: Sequence[Any]) -> str:
+    """--node, else $NODE_NAME, else the only Node in the input, else none (no node ports)."""
+    if arg:
+        return arg
+    if os.environ.get("NODE_NAME"):
+        return os.environ["NODE_NAME"]
+    nodes = [o for o in objects if isinstance(o, dict) and o.get("kind") == "Node"]
+    if len(nodes) == 1:
+        name = (nodes[0].get("metadata") or {}).get("name")
+        if isinstance(name, str):
+            return name
+    return ""
+
+
+def _desired_from_files(args: argparse.Namespace) -> Desired:
+    try:
+        objects = load_paths(args.filename)
+    except ManifestError as e:
+        raise UsageError(str(e)) from e
+    state, problems = parse_objects(objects)
+    node = _node_name(args.node, objects)
+    desired = desired_farms(state, node, args.proxy_name)
+    _print_problems([*problems, *desired.problems], sys.stderr)
+    return desired
+
+
+def _table(farms: Sequence[Farm]) -> str:
+    rows = [("FARM", "PROTO", "FRONTENDS", "BACKENDS", "MODE", "SCHEDULER", "PERSISTENCE")]
+    for f in farms:
+        fronts = ",".join(f"{a.ip}:{a.port}" for a in f.addresses)
+        backs = ",".join(f"{b.ip}:{b.port}" for b in f.backends) or "<none>"
+        rows.append(
+            (f.name, f.protocol.value, fronts, backs, f.mode.value, f.scheduler.value, " ".join(f.persistence) or "none")
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows) + "\n"
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    desired = _desired_from_files(args)
+    farms = [assign_marks(f, None) for f in desired.farms]
+    if args.output == "table":
+        sys.stdout.write(_table(farms))
+    elif args.output == "yaml":
+        sys.stdout.write(yaml.safe_dump(farms_document(farms), sort_keys=False))
+    else:
+        sys.stdout.write(json.dumps(farms_document(farms), indent=2) + "\n")
+    return EXIT_OK
+
+
+def _read_key(path: str) -> str:
+    try:
+        key = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise UsageError(f"cannot read the nftlb key file {path}: {e.strerror}") from e
+    if not key:
+        raise UsageError(f"the nftlb key file {path} is empty")
+    return key
+
+
+def _actual_farms(args: argparse.Namespace) -> list[Farm]:
+    if args.state:
+        try:
+            doc = json.loads(Path(args.state).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot read the saved nftlb state {args.state}: {e}") from e
+        if not isinstance(doc, dict) or not isinstance(doc.get("farms"), list):
+            raise UsageError(f"{args.state}: not a GET /farms answer (no 'farms' list)")
+        return list(parse_farms(doc).owned)
+    if args.nftlb:
+        from reconciler.nftlb import NftlbClient, NftlbError
+
+        if not args.nftlb_key_file:
+            raise UsageError("--nftlb needs --nftlb-key-file")
+        client = NftlbClient(args.nftlb, _read_key(args.nftlb_key_file))
+        try:
+            return list(client.get_farms().owned)
+        except NftlbError as e:
+            raise UsageError(str(e)) from e
+    return []
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    desired = _desired_from_files(args)
+    plan = diff(desired.farms, _actual_farms(args))
+    if args.output == "json":
+        sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
+    else:
+        sys.stdout.write(render_text(plan))
+    return EXIT_CHANGES if plan else EXIT_OK
+
+
+def _add_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="manifest file or folder (YAML or JSON, multi-document, List kinds); repeatable",
+    )
+    p.add_argument("--node", help="this node's name (default: $NODE_NAME, or the only Node in the input)")
+    p.add_argument(
+        "--proxy-name",
+        default=os.environ.get("KUBE_NFTLB_PROXY_NAME", ""),
+        help="serve Services whose service.kubernetes.io/service-proxy-name label has this value "
+        "(default: only Services without the label)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kube-nftlb", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"kube-nftlb {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    render = sub.add_parser("render", help="print the nftlb farms that Services and EndpointSlices make")
+    _add_source(render)
+    render.add_argument("-o", "--output", choices=("json", "yaml", "table"), default="json")
+    render.set_defaults(func=cmd_render)
+
+    d = sub.add_parser("diff", help="dry run: the plan that would make nftlb match (exit 1 on changes)")
+    _add_source(d)
+    target = d.add_mutually_exclusive_group()
+    target.add_argument("--nftlb", metavar="URL", help="a live nftlb, e.g. http://127.0.0.1:5555")
+    target.add_argument("--state", metavar="FILE", help="a saved GET /farms answer")
+    d.add_argument("--nftlb-key-file", metavar="FILE", help="file holding the nftlb key")
+    d.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    d.set_defaults(func=cmd_diff)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except UsageError as e:
+        print(f"kube-nftlb: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    return code

@@ -1,0 +1,125 @@
+"""`diff(desired, actual)`: the minimal Plan that makes nftlb's owned farms equal the desired ones.
+
+nftlb only merges (`nftlb-api.md` section 5), so the plan sends new farms whole, changed
+farm-level fields only, added or changed backends only, and explicit deletes for what is gone.
+Whole farms are compared first, so unchanged farms cost one equality check; deepdiff is used only
+on farms that differ, to name the changed fields with their old and new values for the logs.
+Farms that are not owned are never in a plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from attrs import asdict
+from deepdiff import DeepDiff
+
+from reconciler.farms import FARM_FIELDS, Address, Backend, Farm, assign_marks
+from reconciler.names import is_owned
+from reconciler.plan import Change, Operation, OpKind, Plan, ordered
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, str | int | bool) or value is None:
+        return value.value if hasattr(value, "value") else value
+    return str(value)
+
+
+def _fields(farm: Farm) -> dict[str, Any]:
+    return {f: _jsonable(getattr(farm, f)) for f in FARM_FIELDS}
+
+
+def _obj(value: Address | Backend) -> dict[str, Any]:
+    return {k: _jsonable(v) for k, v in asdict(value, recurse=False).items()}
+
+
+def _changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str) -> list[Change]:
+    """Field paths that differ, with old and new values, as deepdiff finds them."""
+    found = DeepDiff(dict(old), dict(new), verbose_level=2, view="tree")
+    changes: list[Change] = []
+    for report in found.values():
+        for level in report:
+            path = level.path(output_format="list")
+            top = str(path[0]) if path else ""
+            changes.append(Change(f"{prefix}{top}", _value(old, top), _value(new, top)))
+    unique = {c.path: c for c in changes}
+    return [unique[p] for p in sorted(unique)]
+
+
+def _value(obj: Mapping[str, Any], key: str) -> Any:
+    return obj.get(key)
+
+
+def farm_summary(farm: Farm) -> dict[str, Any]:
+    """A farm as plain JSON values, for create and delete records in logs and plans."""
+    out = {"name": farm.name, "family": farm.family.value, "protocol": farm.protocol.value}
+    out.update(_fields(farm))
+    out["addresses"] = [f"{a.ip}:{a.port}" for a in farm.addresses]
+    out["backends"] = [f"{b.ip}:{b.port}" for b in farm.backends]
+    return out
+
+
+def diff_farm(desired: Farm, actual: Farm) -> list[Operation]:
+    """Operations that turn `actual` into `desired` (same name; marks already assigned)."""
+    if desired == actual:
+        return []
+    name = desired.name
+    ops: list[Operation] = []
+    old_fields, new_fields = _fields(actual), _fields(desired)
+    changed = tuple(f for f in FARM_FIELDS if old_fields[f] != new_fields[f])
+    if changed:
+        changes = tuple(Change(f, old_fields[f], new_fields[f]) for f in changed)
+        ops.append(Operation(OpKind.UPDATE_FARM, name, changes, farm=desired, fields=changed))
+    have_addresses = set(actual.addresses)
+    added = tuple(a for a in desired.addresses if a not in have_addresses)
+    if added:
+        changes = tuple(Change(f"addresses[{a.name}]", None, _obj(a)) for a in added)
+        ops.append(Operation(OpKind.ADD_ADDRESSES, name, changes, farm=desired, addresses=added))
+    want_addresses = set(desired.addresses)
+    for a in actual.addresses:
+        if a not in want_addresses:
+            change = Change(f"addresses[{a.name}]", _obj(a), None)
+            ops.append(Operation(OpKind.DELETE_ADDRESS, name, (change,), target=a.name))
+    upserts: list[Backend] = []
+    changes_b: list[Change] = []
+    for b in desired.backends:
+        old = actual.backend(b.name)
+        if old == b:
+            continue
+        upserts.append(b)
+        if old is None:
+            changes_b.append(Change(f"backends[{b.name}]", None, _obj(b)))
+        else:
+            changes_b.extend(_changes(_obj(old), _obj(b), f"backends[{b.name}]."))
+    if upserts:
+        ops.append(
+            Operation(OpKind.UPSERT_BACKENDS, name, tuple(changes_b), farm=desired, backends=tuple(upserts))
+        )
+    wanted = {b.name for b in desired.backends}
+    for b in actual.backends:
+        if b.name not in wanted:
+            change = Change(f"backends[{b.name}]", _obj(b), None)
+            ops.append(Operation(OpKind.DELETE_BACKEND, name, (change,), target=b.name))
+    return ops
+
+
+def diff(desired: Iterable[Farm], actual: Iterable[Farm]) -> Plan:
+    """The plan from `actual` (as read back) to `desired`, touching owned farms only."""
+    want = {f.name: f for f in desired if is_owned(f.name)}
+    have = {f.name: f for f in actual if is_owned(f.name)}
+    ops: list[Operation] = []
+    for name, farm in have.items():
+        if name not in want:
+            ops.append(Operation(OpKind.DELETE_FARM, name, (Change("farm", farm_summary(farm), None),)))
+    for name, farm in want.items():
+        current = have.get(name)
+        marked = assign_marks(farm, current)
+        if current is None:
+            change = Change("farm", None, farm_summary(marked))
+            ops.append(Operation(OpKind.CREATE_FARM, name, (change,), farm=marked))
+        else:
+            ops.extend(diff_farm(marked, current))
+    return ordered(ops)

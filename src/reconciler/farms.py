@@ -1,0 +1,279 @@
+"""The farm model: what the reconciler wants nftlb to hold, as plain frozen values.
+
+Only the fields the reconciler manages are modelled; everything else nftlb reports is ignored on
+read-back. Every farm is checked by `validate_farm` and `validate_farms` before it may leave the
+core, because nftlb accepts bad input silently and one bad farm can break all others
+(`nftlb-api.md` section 0).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+from enum import StrEnum
+
+from attrs import evolve, field, frozen
+
+
+class Family(StrEnum):
+    IPV4 = "ipv4"
+    IPV6 = "ipv6"
+
+    @property
+    def short(self) -> str:
+        return "v4" if self is Family.IPV4 else "v6"
+
+
+class Protocol(StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+    SCTP = "sctp"
+
+
+class Mode(StrEnum):
+    """The modes a Kubernetes Service can use.
+
+    nftlb also knows dsr, stlsdnat and local: dsr and stlsdnat need interface and MAC addresses
+    that a Service does not carry (the original ended in config_error with them), and local has
+    no backends. They are refused with a problem rather than sent.
+    """
+
+    SNAT = "snat"
+    DNAT = "dnat"
+
+
+class Scheduler(StrEnum):
+    RR = "rr"
+    WEIGHT = "weight"
+    HASH = "hash"
+    SYMHASH = "symhash"
+
+
+class Helper(StrEnum):
+    NONE = "none"
+    FTP = "ftp"
+    PPTP = "pptp"
+    SIP = "sip"
+    SNMP = "snmp"
+    TFTP = "tftp"
+
+
+#: Packet fields accepted by `sched-param` and `persistence`, in nftlb's canonical order.
+PACKET_FIELDS: tuple[str, ...] = ("srcip", "dstip", "srcport", "dstport", "srcmac", "dstmac")
+#: Hooks accepted by `log`, in canonical order.
+LOG_HOOKS: tuple[str, ...] = ("input", "forward", "output")
+#: Which helpers fit which protocol (nftlb refuses or marks config_error otherwise).
+HELPERS_BY_PROTOCOL: dict[Protocol, frozenset[Helper]] = {
+    Protocol.TCP: frozenset({Helper.NONE, Helper.FTP, Helper.PPTP, Helper.SIP}),
+    Protocol.UDP: frozenset({Helper.NONE, Helper.TFTP, Helper.SNMP, Helper.SIP}),
+    Protocol.SCTP: frozenset({Helper.NONE}),
+}
+
+#: Explicit per-farm backend marks come from 0x1..0xFFF (`nftlb-api.md` section 11).
+MAX_MARK = 0xFFF
+MAX_BACKENDS = MAX_MARK
+#: nftlb's own defaults, used where the reconciler has no opinion.
+DEFAULT_PERSIST_TTL = 60
+#: What kube-proxy uses for sessionAffinity ClientIP without a timeout.
+DEFAULT_AFFINITY_TIMEOUT = 10800
+MAX_PERSIST_TTL = 86400
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+#: Address and backend names are only used in JSON and URLs, never in nft, so they may be longer;
+#: the URL limit (199 characters in all) bounds them.
+OBJECT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,119}$")
+
+
+def canonical_tokens(tokens: Iterable[str], order: Sequence[str]) -> tuple[str, ...]:
+    """Known tokens in canonical order, duplicates dropped (nftlb compares them as sets)."""
+    wanted = set(tokens)
+    return tuple(t for t in order if t in wanted)
+
+
+@frozen(order=True)
+class Address:
+    """One frontend: an nftlb address object on a farm.
+
+    Addresses are immutable in nftlb (an in-place change corrupts its rules), so the name is
+    derived from the content (see `names.address_name`) and a changed frontend is a new address.
+    """
+
+    name: str
+    family: Family
+    ip: str
+    port: int
+    protocol: Protocol
+
+    @property
+    def tuple_key(self) -> tuple[Protocol, str, int]:
+        """What nftlb keys its service maps on; two farms must never share it."""
+        return (self.protocol, self.ip, self.port)
+
+
+@frozen(order=True)
+class Backend:
+    """One endpoint of a farm. `mark` 0 means "not yet assigned" (see `assign_marks`)."""
+
+    name: str
+    ip: str
+    port: int
+    weight: int = 1
+    mark: int = 0
+
+
+def _sorted_addresses(addresses: Iterable[Address]) -> tuple[Address, ...]:
+    return tuple(sorted(addresses, key=lambda a: a.name))
+
+
+def _sorted_backends(backends: Iterable[Backend]) -> tuple[Backend, ...]:
+    return tuple(sorted(backends, key=lambda b: b.name))
+
+
+@frozen
+class Farm:
+    """One nftlb farm: one Service port, one IP family, one traffic scope.
+
+    Addresses and backends are kept sorted by name so that equal farms compare equal whatever
+    order they were built or read in.
+    """
+
+    name: str
+    family: Family
+    protocol: Protocol
+    addresses: tuple[Address, ...] = field(converter=_sorted_addresses, default=())
+    backends: tuple[Backend, ...] = field(converter=_sorted_backends, default=())
+    mode: Mode = Mode.SNAT
+    scheduler: Scheduler = Scheduler.RR
+    sched_param: tuple[str, ...] = ()
+    persistence: tuple[str, ...] = ()
+    persist_ttl: int = DEFAULT_PERSIST_TTL
+    helper: Helper = Helper.NONE
+    log: tuple[str, ...] = ()
+    est_connlimit: int = 0
+    intra_connect: bool = True
+
+    def backend(self, name: str) -> Backend | None:
+        for b in self.backends:
+            if b.name == name:
+                return b
+        return None
+
+
+#: Farm-level fields the reconciler manages, in nftlb's key order (see `wire.py`).
+FARM_FIELDS: tuple[str, ...] = (
+    "mode",
+    "scheduler",
+    "sched_param",
+    "persistence",
+    "persist_ttl",
+    "helper",
+    "log",
+    "est_connlimit",
+    "intra_connect",
+)
+
+
+def _ip_family(ip: str) -> Family | None:
+    try:
+        parsed = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if str(parsed) != ip:  # only canonical text: nftlb echoes what it got, and diffs compare text
+        return None
+    return Family.IPV4 if parsed.version == 4 else Family.IPV6
+
+
+def validate_farm(farm: Farm) -> list[str]:
+    """Everything that would make nftlb silently drop or corrupt this farm, as messages."""
+    errors: list[str] = []
+    if not NAME_RE.match(farm.name):
+        errors.append(f"farm name {farm.name!r} is not 1-63 characters of [A-Za-z0-9._-]")
+    if not farm.addresses:
+        errors.append("a farm needs at least one address")
+    for a in farm.addresses:
+        if not OBJECT_NAME_RE.match(a.name):
+            errors.append(f"address name {a.name!r} is not URL and nft safe")
+        if _ip_family(a.ip) is not a.family or a.family is not farm.family:
+            errors.append(f"address {a.name}: {a.ip!r} is not a canonical {farm.family} address")
+        if not 1 <= a.port <= 65535:
+            errors.append(f"address {a.name}: port {a.port} is not in 1-65535")
+        if a.protocol is not farm.protocol:
+            errors.append(f"address {a.name}: protocol {a.protocol} differs from the farm's")
+    if len({a.name for a in farm.addresses}) != len(farm.addresses):
+        errors.append("address names are not unique")
+    if len({a.tuple_key for a in farm.addresses}) != len(farm.addresses):
+        errors.append("two addresses share (protocol, address, port)")
+    if len(farm.backends) > MAX_BACKENDS:
+        errors.append(f"{len(farm.backends)} backends is more than {MAX_BACKENDS}")
+    marks = [b.mark for b in farm.backends if b.mark]
+    if len(set(marks)) != len(marks):
+        errors.append("backend marks are not unique")
+    for b in farm.backends:
+        if not OBJECT_NAME_RE.match(b.name):
+            errors.append(f"backend name {b.name!r} is not URL safe")
+        if _ip_family(b.ip) is not farm.family:
+            errors.append(f"backend {b.name}: {b.ip!r} is not a canonical {farm.family} address")
+        if not 1 <= b.port <= 65535:
+            errors.append(f"backend {b.name}: port {b.port} is not in 1-65535")
+        if not 1 <= b.weight <= 10000:
+            errors.append(f"backend {b.name}: weight {b.weight} is not in 1-10000")
+        if not 0 <= b.mark <= MAX_MARK:
+            errors.append(f"backend {b.name}: mark {b.mark:#x} is not in 0x1-{MAX_MARK:#x}")
+    if len({b.name for b in farm.backends}) != len(farm.backends):
+        errors.append("backend names are not unique")
+    if farm.sched_param != canonical_tokens(farm.sched_param, PACKET_FIELDS):
+        errors.append(f"sched-param {farm.sched_param} is not canonical packet fields")
+    if farm.scheduler is Scheduler.HASH and not farm.sched_param:
+        errors.append("the hash scheduler needs a sched-param")
+    if farm.scheduler is not Scheduler.HASH and farm.sched_param:
+        errors.append("sched-param is only kept by the hash scheduler")
+    if farm.persistence != canonical_tokens(farm.persistence, PACKET_FIELDS):
+        errors.append(f"persistence {farm.persistence} is not canonical packet fields")
+    if farm.log != canonical_tokens(farm.log, LOG_HOOKS):
+        errors.append(f"log {farm.log} is not canonical hooks")
+    if not 0 <= farm.persist_ttl <= MAX_PERSIST_TTL:
+        errors.append(f"persist-ttl {farm.persist_ttl} is not in 0-{MAX_PERSIST_TTL}")
+    if not 0 <= farm.est_connlimit <= 1_000_000:
+        errors.append(f"est-connlimit {farm.est_connlimit} is not in 0-1000000")
+    if farm.helper not in HELPERS_BY_PROTOCOL[farm.protocol]:
+        errors.append(f"helper {farm.helper} does not fit protocol {farm.protocol}")
+    return errors
+
+
+def validate_farms(farms: Iterable[Farm]) -> list[str]:
+    """`validate_farm` for each, plus what must hold across farms: unique names and tuples."""
+    errors: list[str] = []
+    names: set[str] = set()
+    tuples: dict[tuple[Protocol, str, int], str] = {}
+    for farm in farms:
+        errors.extend(f"{farm.name}: {e}" for e in validate_farm(farm))
+        if farm.name in names:
+            errors.append(f"{farm.name}: the farm name is used twice")
+        names.add(farm.name)
+        for a in farm.addresses:
+            other = tuples.setdefault(a.tuple_key, farm.name)
+            if other != farm.name:
+                errors.append(f"{farm.name}: {a.protocol} {a.ip}:{a.port} is also used by {other}")
+    return errors
+
+
+def assign_marks(desired: Farm, actual: Farm | None) -> Farm:
+    """Give every backend an explicit mark, keeping the marks nftlb already holds.
+
+    Explicit per-farm marks lift nftlb's 4095-backend limit and make adds fast; keeping existing
+    marks means a new endpoint is one added backend, not a re-mark of its neighbours.
+    """
+    kept: dict[str, int] = {}
+    if actual is not None:
+        for b in actual.backends:
+            if 1 <= b.mark <= MAX_MARK and b.mark not in kept.values():
+                kept[b.name] = b.mark
+    wanted = {b.name for b in desired.backends}
+    used = {m for n, m in kept.items() if n in wanted}
+    free = (m for m in range(1, MAX_MARK + 1) if m not in used)
+    backends = []
+    for b in desired.backends:
+        mark = kept.get(b.name) or next(free)
+        backends.append(evolve(b, mark=mark))
+    return evolve(desired, backends=tuple(backends))

@@ -1,0 +1,161 @@
+"""The Plan: the operations that make nftlb equal to the desired farms, in a safe order.
+
+Each operation carries what it changes (field paths with old and new values) so the logs can say
+why a farm changed, and renders itself for people and as JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from enum import StrEnum
+from typing import Any
+
+from attrs import frozen
+
+from reconciler.farms import Address, Backend, Farm
+
+
+class OpKind(StrEnum):
+    """Operation kinds, in the order a plan applies them.
+
+    Frees come first, so a (protocol, address, port) a new farm needs is never held twice;
+    backends are upserted before surplus ones are deleted, so a farm never drops to zero.
+    """
+
+    DELETE_FARM = "delete-farm"
+    DELETE_ADDRESS = "delete-address"
+    CREATE_FARM = "create-farm"
+    UPDATE_FARM = "update-farm"
+    ADD_ADDRESSES = "add-addresses"
+    UPSERT_BACKENDS = "upsert-backends"
+    DELETE_BACKEND = "delete-backend"
+
+
+ORDER = {kind: i for i, kind in enumerate(OpKind)}
+
+#: A JSON-able value (str, int, bool, a list of them, or a dict for whole objects).
+Value = Any
+
+
+@frozen
+class Change:
+    """One field that changes: a path like ``scheduler`` or ``backends[b-10.0.0.1-80].port``."""
+
+    path: str
+    old: Value
+    new: Value
+
+    def to_json(self) -> dict[str, Value]:
+        return {"path": self.path, "old": self.old, "new": self.new}
+
+
+@frozen
+class Operation:
+    """One step of a plan, addressed to one farm.
+
+    `farm` is the desired farm for creates and updates (the body is built from it), `fields` the
+    farm-level fields to send for an update, `addresses`/`backends` the objects to send, and
+    `target` the address or backend name for deletes.
+    """
+
+    kind: OpKind
+    farm_name: str
+    changes: tuple[Change, ...] = ()
+    farm: Farm | None = None
+    fields: tuple[str, ...] = ()
+    addresses: tuple[Address, ...] = ()
+    backends: tuple[Backend, ...] = ()
+    target: str = ""
+
+    @property
+    def sort_key(self) -> tuple[int, str, str]:
+        return (ORDER[self.kind], self.farm_name, self.target)
+
+    def to_json(self) -> dict[str, Value]:
+        out: dict[str, Value] = {"op": self.kind.value, "farm": self.farm_name}
+        if self.target:
+            out["target"] = self.target
+        out["changes"] = [c.to_json() for c in self.changes]
+        return out
+
+
+@frozen
+class Plan:
+    operations: tuple[Operation, ...] = ()
+
+    def __iter__(self) -> Iterator[Operation]:
+        return iter(self.operations)
+
+    def __len__(self) -> int:
+        return len(self.operations)
+
+    def __bool__(self) -> bool:
+        return bool(self.operations)
+
+    def counts(self) -> dict[str, int]:
+        counts = {kind.value: 0 for kind in OpKind}
+        for op in self.operations:
+            counts[op.kind.value] += 1
+        return counts
+
+    def to_json(self) -> dict[str, Value]:
+        """The stable JSON form of `kube-nftlb diff -o json` (documented in docs/diff.md)."""
+        return {
+            "version": 1,
+            "changed": bool(self.operations),
+            "counts": self.counts(),
+            "operations": [op.to_json() for op in self.operations],
+        }
+
+
+def ordered(operations: list[Operation]) -> Plan:
+    return Plan(tuple(sorted(operations, key=lambda op: op.sort_key)))
+
+
+def _show(value: Value) -> str:
+    if isinstance(value, dict):
+        inner = ", ".join(f"{k}={_show(v)}" for k, v in value.items())
+        return "{" + inner + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
+
+
+def render_text(plan: Plan) -> str:
+    """The plan for people, like a terraform plan: ``+`` create, ``~`` change, ``-`` delete."""
+    if not plan:
+        return "No changes. nftlb matches the desired farms.\n"
+    by_farm: dict[str, list[Operation]] = {}
+    for op in plan:
+        by_farm.setdefault(op.farm_name, []).append(op)
+    lines: list[str] = []
+    created = changed = deleted = 0
+    for farm, ops in sorted(by_farm.items()):
+        kinds = {op.kind for op in ops}
+        if OpKind.CREATE_FARM in kinds:
+            created += 1
+            lines.append(f"+ farm {farm}")
+            for op in ops:
+                for c in op.changes:
+                    for key, value in (c.new or {}).items():
+                        if key != "name":
+                            lines.append(f"    + {key}: {_show(value)}")
+        elif OpKind.DELETE_FARM in kinds:
+            deleted += 1
+            lines.append(f"- farm {farm}")
+        else:
+            changed += 1
+            lines.append(f"~ farm {farm}")
+            for op in ops:
+                for c in op.changes:
+                    if c.old is None:
+                        lines.append(f"    + {c.path}: {_show(c.new)}")
+                    elif c.new is None:
+                        lines.append(f"    - {c.path}: {_show(c.old)}")
+                    else:
+                        lines.append(f"    ~ {c.path}: {_show(c.old)} -> {_show(c.new)}")
+        lines.append("")
+    lines.append(f"Plan: {created} to create, {changed} to change, {deleted} to delete.")
+    return "\n".join(lines) + "\n"

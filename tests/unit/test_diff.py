@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from attrs import evolve
+
+from reconciler.diff import diff
+from reconciler.farms import Address, Backend, Family, Farm, Protocol, Scheduler, assign_marks
+from reconciler.plan import OpKind, render_text
+
+
+def farm(name: str = "k8s.default.web.http.tcp.v4", ip: str = "10.96.0.1", n: int = 2) -> Farm:
+    return Farm(
+        name=name,
+        family=Family.IPV4,
+        protocol=Protocol.TCP,
+        addresses=(Address(f"{name}-a{ip}", Family.IPV4, ip, 80, Protocol.TCP),),
+        backends=tuple(Backend(f"b-10.1.0.{i}-8080", f"10.1.0.{i}", 8080) for i in range(1, n + 1)),
+    )
+
+
+def applied(f: Farm) -> Farm:
+    """What nftlb holds after the farm was created from scratch."""
+    return assign_marks(f, None)
+
+
+def test_no_change_is_an_empty_plan() -> None:
+    f = farm()
+    assert not diff([f], [applied(f)])
+    assert render_text(diff([f], [applied(f)])).startswith("No changes")
+
+
+def test_create_and_delete() -> None:
+    new, old = farm("k8s.a.x.http.tcp.v4"), farm("k8s.b.y.http.tcp.v4", ip="10.96.0.2")
+    plan = diff([new], [applied(old)])
+    assert [(op.kind, op.farm_name) for op in plan] == [
+        (OpKind.DELETE_FARM, old.name),
+        (OpKind.CREATE_FARM, new.name),
+    ]
+    create = plan.operations[1]
+    assert create.farm is not None and [b.mark for b in create.farm.backends] == [1, 2]
+
+
+def test_one_field_change_is_one_operation_carrying_that_field() -> None:
+    f = farm()
+    plan = diff([evolve(f, scheduler=Scheduler.WEIGHT)], [applied(f)])
+    assert len(plan) == 1
+    op = plan.operations[0]
+    assert op.kind is OpKind.UPDATE_FARM and op.fields == ("scheduler",)
+    assert [(c.path, c.old, c.new) for c in op.changes] == [("scheduler", "rr", "weight")]
+
+
+def test_added_endpoint_is_one_upsert_with_a_fresh_mark() -> None:
+    f = farm(n=2)
+    plan = diff([farm(n=3)], [applied(f)])
+    assert [op.kind for op in plan] == [OpKind.UPSERT_BACKENDS]
+    (b,) = plan.operations[0].backends
+    assert (b.name, b.mark) == ("b-10.1.0.3-8080", 3)
+
+
+def test_replaced_endpoint_goes_in_before_the_old_one_goes_out() -> None:
+    have = applied(farm(n=2))
+    want = evolve(farm(n=2), backends=(Backend("b-10.1.0.1-8080", "10.1.0.1", 8080), Backend("b-10.1.0.9-8080", "10.1.0.9", 8080)))
+    plan = diff([want], [have])
+    assert [op.kind for op in plan] == [OpKind.UPSERT_BACKENDS, OpKind.DELETE_BACKEND]
+    assert plan.operations[0].backends[0].mark == 2  # the freed mark is reused
+    assert plan.operations[1].target == "b-10.1.0.2-8080"
+
+
+def test_changed_frontend_is_a_new_address_and_the_old_one_detached() -> None:
+    have = applied(farm(ip="10.96.0.1"))
+    want = farm(ip="10.96.0.2")
+    kinds = [op.kind for op in diff([want], [have])]
+    assert kinds == [OpKind.DELETE_ADDRESS, OpKind.ADD_ADDRESSES]
+
+
+def test_frontend_moving_to_a_new_farm_is_freed_first() -> None:
+    old = applied(farm("k8s.a.old.http.tcp.v4", ip="10.96.0.1"))
+    new = farm("k8s.a.new.http.tcp.v4", ip="10.96.0.1")
+    kinds = [op.kind for op in diff([new], [old])]
+    assert kinds == [OpKind.DELETE_FARM, OpKind.CREATE_FARM]
+
+
+def test_foreign_farms_are_never_touched() -> None:
+    foreign = applied(farm("my-own-farm"))
+    assert not diff([], [foreign])
+    assert not diff([farm("not-ours")], [])
+
+
+def test_changed_backend_port_names_the_field() -> None:
+    have = applied(farm(n=1))
+    want = evolve(farm(n=1), backends=(Backend("b-10.1.0.1-8080", "10.1.0.1", 8080, weight=5),))
+    plan = diff([want], [have])
+    (op,) = plan.operations
+    assert op.kind is OpKind.UPSERT_BACKENDS
+    assert [(c.path, c.old, c.new) for c in op.changes] == [("backends[b-10.1.0.1-8080].weight", 1, 5)]
+
+
+def test_plan_json_is_stable() -> None:
+    plan = diff([farm()], [])
+    doc = plan.to_json()
+    assert doc["version"] == 1 and doc["changed"] is True
+    assert doc["counts"]["create-farm"] == 1
+    assert doc["operations"][0]["op"] == "create-farm"
