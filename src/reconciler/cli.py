@@ -63,11 +63,15 @@ def _desired_from_files(args: argparse.Namespace) -> Desired:
     return desired
 
 
+def _hostport(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
 def _table(farms: Sequence[Farm]) -> str:
     rows = [("FARM", "PROTO", "FRONTENDS", "BACKENDS", "MODE", "SCHEDULER", "PERSISTENCE")]
     for f in farms:
-        fronts = ",".join(f"{a.ip}:{a.port}" for a in f.addresses)
-        backs = ",".join(f"{b.ip}:{b.port}" for b in f.backends) or "<none>"
+        fronts = ",".join(_hostport(a.ip, a.port) for a in f.addresses)
+        backs = ",".join(_hostport(b.ip, b.port) for b in f.backends) or "<none>"
         rows.append(
             (f.name, f.protocol.value, fronts, backs, f.mode.value, f.scheduler.value, " ".join(f.persistence) or "none")
         )

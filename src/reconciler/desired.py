@@ -248,21 +248,40 @@ def _resolve_conflicts(candidates: list[_Candidate], problems: list[Problem]) ->
     return farms
 
 
-def desired_farms(state: ClusterState, node_name: str, proxy_name: str = "") -> Desired:
-    """The farms this node should hold for `state`; never raises, always valid farms."""
+@frozen
+class ServiceFarms:
+    """The farms one Service asks for before conflicts are decided, and its own problems.
+
+    Kept per Service so a partial sync recomputes only the Services that changed.
+    """
+
+    service: Service
+    farms: tuple[Farm, ...]
+    problems: tuple[Problem, ...]
+
+
+def service_farms(service: Service, state: ClusterState, node_name: str, proxy_name: str = "") -> ServiceFarms:
+    """What one Service asks for; empty for Services that are not proxied."""
+    if service.type == "ExternalName" or service.is_headless or not is_served(service, proxy_name):
+        return ServiceFarms(service, (), ())
+    problems: list[Problem] = []
+    farms = _service_farms(service, state, node_name, problems)
+    return ServiceFarms(service, tuple(farms), tuple(problems))
+
+
+def resolve(requests: Iterable[ServiceFarms]) -> Desired:
+    """Decide conflicts across Services and validate: the farms that may leave the core."""
     problems: list[Problem] = []
     candidates: list[_Candidate] = []
     names: set[str] = set()
-    for key in sorted(state.services):
-        service = state.services[key]
-        if service.type == "ExternalName" or service.is_headless or not is_served(service, proxy_name):
-            continue
-        for farm in _service_farms(service, state, node_name, problems):
+    for request in sorted(requests, key=lambda r: r.service.key):
+        problems.extend(request.problems)
+        for farm in request.farms:
             if farm.name in names:  # only a hash collision of shortened names gets here
-                problems.append(Problem(_ref(service), "NameCollision", f"farm name {farm.name} is taken"))
+                problems.append(Problem(_ref(request.service), "NameCollision", f"farm name {farm.name} is taken"))
                 continue
             names.add(farm.name)
-            candidates.append(_Candidate(farm, service))
+            candidates.append(_Candidate(farm, request.service))
     farms: list[Farm] = []
     owners: list[tuple[str, tuple[str, str]]] = []
     by_name = {c.farm.name: c.service for c in candidates}
@@ -276,3 +295,8 @@ def desired_farms(state: ClusterState, node_name: str, proxy_name: str = "") -> 
         owners.append((farm.name, service.key))
     farms.sort(key=lambda f: f.name)
     return Desired(tuple(farms), tuple(sorted(set(problems))), tuple(sorted(owners)))
+
+
+def desired_farms(state: ClusterState, node_name: str, proxy_name: str = "") -> Desired:
+    """The farms this node should hold for `state`; never raises, always valid farms."""
+    return resolve(service_farms(s, state, node_name, proxy_name) for s in state.services.values())

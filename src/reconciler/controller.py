@@ -1,0 +1,387 @@
+"""The level-triggered loop: changes mark Services dirty; syncs make nftlb match.
+
+A change never acts by itself. It marks the Services it touches (and drops updates that change
+nothing the farms are made from); the sync runner then recomputes those Services, diffs their
+farms against what nftlb holds as last read or written, and applies the minimal plan. A full sync
+(at start, every resync period, and after any failure) reads everything back from nftlb and
+corrects drift, including an nftlb restart. No sync runs before all caches have listed once, so
+farms of Services not yet seen are never deleted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from attrs import define, evolve, field
+
+from reconciler.desired import Desired, ServiceFarms, resolve, service_farms
+from reconciler.diff import diff
+from reconciler.events import EventRecorder
+from reconciler.farms import Farm, assign_marks
+from reconciler.kube import ClusterState, EndpointSlice, Node, Service
+from reconciler.metrics import Metrics
+from reconciler.nftlb import NftlbClient, NftlbError, NftlbUnauthorized
+from reconciler.plan import Plan
+from reconciler.problems import Problem
+
+ServiceKey = tuple[str, str]
+
+
+class Cache(Protocol):
+    """What the controller needs of an informer's store."""
+
+    @property
+    def has_synced(self) -> bool: ...
+
+    def list(self) -> list[Any]: ...
+
+
+@define
+class Settings:
+    node_name: str
+    proxy_name: str = ""
+    resync_period: float = 30.0
+    min_sync_interval: float = 0.05
+    sync_burst: int = 5
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+
+
+@define
+class SyncResult:
+    kind: str
+    ok: bool
+    operations: int = 0
+    requests: int = 0
+    bytes_sent: int = 0
+    desired: int = 0
+    problems: int = 0
+    error: str = ""
+
+
+@define
+class _Bucket:
+    """Token bucket: a lone change syncs at once, a storm is coalesced to one sync per interval."""
+
+    capacity: int
+    interval: float
+    tokens: float = field(default=0.0)
+    stamp: float = field(default=0.0)
+
+    def __attrs_post_init__(self) -> None:
+        self.tokens = float(self.capacity)
+
+    def delay(self, now: float) -> float:
+        if self.interval <= 0:
+            return 0.0
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) / self.interval)
+        self.stamp = now
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) * self.interval
+
+    def take(self) -> None:
+        self.tokens -= 1
+
+
+def _same(old: Any, new: Any) -> bool:
+    """Equal apart from the resourceVersion: such an update changes no farm."""
+    if old is None or new is None:
+        return old is new
+    return bool(evolve(old, resource_version="") == evolve(new, resource_version=""))
+
+
+def _parse_time(value: str) -> float | None:
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class Controller:
+    def __init__(
+        self,
+        settings: Settings,
+        nftlb: NftlbClient,
+        services: Cache,
+        slices: Cache,
+        nodes: Cache,
+        metrics: Metrics,
+        log: Any,
+        events: EventRecorder | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings, self.nftlb, self.metrics, self.log, self.events = settings, nftlb, metrics, log, events
+        self._caches = {"services": services, "endpointslices": slices, "nodes": nodes}
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._dirty: set[ServiceKey] = set()
+        self._all_dirty = False
+        self._full_needed = True
+        self._triggers: dict[ServiceKey, float] = {}
+        self._requests: dict[ServiceKey, ServiceFarms] = {}
+        self._desired: dict[str, Farm] = {}
+        self._actual: dict[str, Farm] = {}
+        self._bucket = _Bucket(settings.sync_burst, settings.min_sync_interval)
+        self._next_full = 0.0
+        self._failures = 0
+        self._reported: set[Problem] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_result: SyncResult | None = None
+        self.heartbeat = clock()
+        self.ready = False
+
+    # -- change tracking (called from informer threads) -------------------------------------
+
+    def on_service(self, key: ServiceKey, old: Service | None, new: Service | None) -> None:
+        if not _same(old, new):
+            self._mark([key])
+
+    def on_slice(self, old: EndpointSlice | None, new: EndpointSlice | None) -> None:
+        if _same(old, new):
+            return
+        keys = {(s.namespace, s.service_name) for s in (old, new) if s is not None}
+        if new is not None and new.trigger_time:
+            stamp = _parse_time(new.trigger_time)
+            if stamp is not None:
+                with self._cond:
+                    for k in keys:
+                        self._triggers.setdefault(k, stamp)
+        self._mark(keys)
+
+    def on_node(self, old: Node | None, new: Node | None) -> None:
+        name = (new or old).name if (new or old) is not None else ""  # type: ignore[union-attr]
+        if name == self.settings.node_name and not _same(old, new):
+            with self._cond:
+                self._all_dirty = True
+                self._cond.notify()
+
+    def _mark(self, keys: Iterable[ServiceKey]) -> None:
+        with self._cond:
+            self._dirty.update(keys)
+            self.metrics.pending_changes.set(len(self._dirty))
+            self._cond.notify()
+
+    def request_full_sync(self) -> None:
+        with self._cond:
+            self._full_needed = True
+            self._cond.notify()
+
+    # -- the runner ---------------------------------------------------------------------------
+
+    @property
+    def synced(self) -> bool:
+        return all(c.has_synced for c in self._caches.values())
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sync", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.heartbeat = self._clock()
+            kind = self._wait_for_work()
+            if kind is None:
+                continue
+            result = self.sync_full() if kind == "full" else self.sync_partial()
+            if result.ok:
+                self._failures = 0
+            else:
+                self._failures += 1
+                delay = min(self.settings.backoff_max, self.settings.backoff_initial * 2 ** (self._failures - 1))
+                self._stop.wait(delay)
+
+    def _wait_for_work(self) -> str | None:
+        with self._cond:
+            now = self._clock()
+            if not self.synced:
+                self._cond.wait(0.1)
+                return None
+            full_due = self._full_needed or now >= self._next_full
+            if not (full_due or self._dirty or self._all_dirty):
+                self._cond.wait(max(0.0, min(self._next_full - now, 1.0)))
+                return None
+            wait = self._bucket.delay(now)
+            if wait > 0:
+                self._cond.wait(wait)
+                return None
+            self._bucket.take()
+            return "full" if full_due else "partial"
+
+    # -- syncs ---------------------------------------------------------------------------------
+
+    def _state(self) -> ClusterState:
+        return ClusterState.build(
+            self._caches["services"].list(), self._caches["endpointslices"].list(), self._caches["nodes"].list()
+        )
+
+    def _recompute(self, state: ClusterState, keys: Iterable[ServiceKey] | None) -> Desired:
+        s = self.settings
+        if keys is None:
+            self._requests = {
+                k: service_farms(svc, state, s.node_name, s.proxy_name) for k, svc in state.services.items()
+            }
+        else:
+            for k in keys:
+                svc = state.services.get(k)
+                if svc is None:
+                    self._requests.pop(k, None)
+                else:
+                    self._requests[k] = service_farms(svc, state, s.node_name, s.proxy_name)
+        return resolve(self._requests.values())
+
+    def sync_full(self) -> SyncResult:
+        """Everything: recompute all Services, read nftlb back, correct any drift."""
+        started = time.perf_counter()
+        with self._cond:
+            self._dirty.clear()
+            self._all_dirty = False
+            self._full_needed = False
+            triggers, self._triggers = self._triggers, {}
+            self.metrics.pending_changes.set(0)
+        try:
+            desired = self._recompute(self._state(), None)
+            read = self.nftlb.get_farms()
+            self.metrics.actual_farms.set(len(read.owned))
+            actual = {f.name: f for f in read.owned}
+            plan = diff(desired.farms, read.owned)
+            result = self._apply("full", plan, desired)
+            self._actual = {f.name: assign_marks(f, actual.get(f.name)) for f in desired.farms}
+        except NftlbError as e:
+            return self._failed("full", e, started)
+        self._desired = {f.name: f for f in desired.farms}
+        self._next_full = self._clock() + self.settings.resync_period
+        return self._done(result, started, triggers)
+
+    def sync_partial(self) -> SyncResult:
+        """Only the dirty Services: diff their farms against nftlb as last read or written."""
+        started = time.perf_counter()
+        with self._cond:
+            keys: set[ServiceKey] | None = None if self._all_dirty else set(self._dirty)
+            self._dirty.clear()
+            self._all_dirty = False
+            triggers, self._triggers = self._triggers, {}
+            self.metrics.pending_changes.set(0)
+        desired = self._recompute(self._state(), keys)
+        wanted = {f.name: f for f in desired.farms}
+        changed = {n for n in wanted.keys() | self._desired.keys() if wanted.get(n) != self._desired.get(n)}
+        changed |= {n for n in wanted.keys() ^ self._actual.keys()}
+        plan = diff([wanted[n] for n in changed if n in wanted], [self._actual[n] for n in changed if n in self._actual])
+        try:
+            result = self._apply("partial", plan, desired)
+        except NftlbError as e:
+            self.request_full_sync()
+            return self._failed("partial", e, started)
+        for n in changed:
+            if n in wanted:
+                self._actual[n] = assign_marks(wanted[n], self._actual.get(n))
+            else:
+                self._actual.pop(n, None)
+        self._desired = wanted
+        return self._done(result, started, triggers)
+
+    def _apply(self, kind: str, plan: Plan, desired: Desired) -> SyncResult:
+        for op in plan:
+            self.log.info(
+                "nftlb.operation",
+                farm=op.farm_name,
+                op=op.kind.value,
+                target=op.target or None,
+                changes=[c.to_json() for c in op.changes],
+            )
+        applied = self.nftlb.apply(plan) if plan else None
+        for op in plan:
+            self.metrics.plan_operations.labels(op=op.kind.value).inc()
+        requests = applied.requests if applied else 0
+        sent = applied.bytes_sent if applied else 0
+        self.metrics.nftlb_requests.labels(outcome="success").inc(requests)
+        self.metrics.nftlb_bytes.inc(sent)
+        failures = tuple(applied.failures) if applied else ()
+        for failure in failures:
+            self.log.error("nftlb.farm_failed", farm=getattr(failure, "farm", ""), error=str(failure))
+        if failures:
+            self.request_full_sync()
+        self._report(desired)
+        return SyncResult(
+            kind,
+            ok=not failures,
+            operations=len(plan),
+            requests=requests,
+            bytes_sent=sent,
+            desired=len(desired.farms),
+            problems=len(desired.problems),
+            error="; ".join(str(f) for f in failures),
+        )
+
+    def _report(self, desired: Desired) -> None:
+        self.metrics.desired_farms.set(len(desired.farms))
+        self.metrics.problems.set(len(desired.problems))
+        current = set(desired.problems)
+        fresh = sorted(current - self._reported)
+        self._reported = current
+        if self.events is not None:
+            self.events.record(desired.problems)
+        for p in fresh:
+            self.log.warning(
+                "service.problem",
+                service=f"{p.ref.namespace}/{p.ref.name}",
+                reason=p.reason,
+                message=p.message,
+                key=p.key or None,
+                value=p.value or None,
+                allowed=list(p.allowed) or None,
+            )
+
+    def _done(self, result: SyncResult, started: float, triggers: dict[ServiceKey, float]) -> SyncResult:
+        duration = time.perf_counter() - started
+        self.metrics.sync_duration.labels(kind=result.kind).observe(duration)
+        if result.ok:
+            self.ready = True
+            self.metrics.last_success.set(time.time())
+            now = time.time()
+            for stamp in triggers.values():
+                self.metrics.programming_latency.observe(max(0.0, now - stamp))
+        else:
+            self.metrics.sync_errors.labels(kind=result.kind).inc()
+        self.log.info(
+            "sync.done",
+            kind=result.kind,
+            ok=result.ok,
+            duration_ms=round(duration * 1000, 2),
+            desired_farms=result.desired,
+            operations=result.operations,
+            requests=result.requests,
+            bytes_sent=result.bytes_sent,
+            problems=result.problems,
+        )
+        self.last_result = result
+        return result
+
+    def _failed(self, kind: str, error: NftlbError, started: float) -> SyncResult:
+        self.ready = False
+        with self._cond:
+            self._full_needed = True
+        self.metrics.sync_errors.labels(kind=kind).inc()
+        self.metrics.nftlb_requests.labels(outcome="error").inc()
+        hint = "check --nftlb-key-file" if isinstance(error, NftlbUnauthorized) else "retrying with backoff"
+        self.log.error(
+            "sync.failed",
+            kind=kind,
+            error=str(error),
+            error_type=type(error).__name__,
+            hint=hint,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        result = SyncResult(kind, ok=False, error=str(error))
+        self.last_result = result
+        return result
