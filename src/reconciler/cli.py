@@ -16,6 +16,7 @@ from typing import Any, TextIO
 import yaml
 
 from reconciler import __version__
+from reconciler.config import ConfigError, duration, env, kube_api_client, read_key
 from reconciler.desired import Desired, desired_farms
 from reconciler.diff import diff
 from reconciler.farms import Farm, assign_marks
@@ -51,10 +52,36 @@ def _node_name(arg: str | None, objects: Sequence[Any]) -> str:
     return ""
 
 
+def _list_cluster(kubeconfig: str | None) -> list[Any]:
+    """One list of Services, EndpointSlices and Nodes from the live cluster, as API JSON."""
+    import kubernetes
+
+    api_client = kube_api_client(kubeconfig)
+    core = kubernetes.client.CoreV1Api(api_client)
+    discovery = kubernetes.client.DiscoveryV1Api(api_client)
+    objects: list[Any] = []
+    sources = (
+        (core.list_service_for_all_namespaces, "v1", "Service"),
+        (discovery.list_endpoint_slice_for_all_namespaces, "discovery.k8s.io/v1", "EndpointSlice"),
+        (core.list_node, "v1", "Node"),
+    )
+    try:
+        for list_fn, api_version, kind in sources:
+            body = json.loads(list_fn(_preload_content=False, _request_timeout=(5, 60)).data)
+            objects.extend(
+                {"apiVersion": api_version, "kind": kind, **item} for item in body.get("items", [])
+            )
+    except kubernetes.client.ApiException as e:
+        raise UsageError(f"the Kubernetes API refused the list: {e.status} {e.reason}") from e
+    except OSError as e:
+        raise UsageError(f"cannot reach the Kubernetes API: {e}") from e
+    return objects
+
+
 def _desired_from_files(args: argparse.Namespace) -> Desired:
     try:
-        objects = load_paths(args.filename)
-    except ManifestError as e:
+        objects = load_paths(args.filename) if args.filename else _list_cluster(args.kubeconfig)
+    except (ManifestError, ConfigError) as e:
         raise UsageError(str(e)) from e
     state, problems = parse_objects(objects)
     node = _node_name(args.node, objects)
@@ -73,10 +100,23 @@ def _table(farms: Sequence[Farm]) -> str:
         fronts = ",".join(_hostport(a.ip, a.port) for a in f.addresses)
         backs = ",".join(_hostport(b.ip, b.port) for b in f.backends) or "<none>"
         rows.append(
-            (f.name, f.protocol.value, fronts, backs, f.mode.value, f.scheduler.value, " ".join(f.persistence) or "none")
+            (
+                f.name,
+                f.protocol.value,
+                fronts,
+                backs,
+                f.mode.value,
+                f.scheduler.value,
+                " ".join(f.persistence) or "none",
+            )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows) + "\n"
+    return (
+        "\n".join(
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+        )
+        + "\n"
+    )
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -89,16 +129,6 @@ def cmd_render(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(json.dumps(farms_document(farms), indent=2) + "\n")
     return EXIT_OK
-
-
-def _read_key(path: str) -> str:
-    try:
-        key = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as e:
-        raise UsageError(f"cannot read the nftlb key file {path}: {e.strerror}") from e
-    if not key:
-        raise UsageError(f"the nftlb key file {path} is empty")
-    return key
 
 
 def _actual_farms(args: argparse.Namespace) -> list[Farm]:
@@ -115,7 +145,7 @@ def _actual_farms(args: argparse.Namespace) -> list[Farm]:
 
         if not args.nftlb_key_file:
             raise UsageError("--nftlb needs --nftlb-key-file")
-        client = NftlbClient(args.nftlb, _read_key(args.nftlb_key_file))
+        client = NftlbClient(args.nftlb, read_key(args.nftlb_key_file))
         try:
             return list(client.get_farms().owned)
         except NftlbError as e:
@@ -133,16 +163,116 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_CHANGES if plan else EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from reconciler.controller import Settings
+    from reconciler.daemon import Daemon, DaemonOptions
+    from reconciler.logs import configure, redact
+
+    configure(args.log_format, args.log_level)
+    try:
+        if not args.node_name:
+            raise ConfigError("the node name is not set: pass --node-name or set NODE_NAME")
+        key = read_key(args.nftlb_key_file)
+        redact(key)
+        settings = Settings(
+            node_name=args.node_name,
+            proxy_name=args.proxy_name,
+            resync_period=duration(args.resync_period),
+            min_sync_interval=duration(args.min_sync_interval),
+        )
+        api_client = kube_api_client(args.kubeconfig)
+    except ConfigError as e:
+        raise UsageError(str(e)) from e
+    daemon = Daemon(DaemonOptions(settings, args.nftlb_url, key, args.metrics_address), api_client)
+    if args.once:
+        daemon.start(loop=False)
+        try:
+            if not daemon.wait_for_sync(60):
+                raise UsageError("the caches did not list within 60 s")
+            result = daemon.controller.sync_full()
+        finally:
+            daemon.stop()
+        return EXIT_OK if result.ok else EXIT_CHANGES
+    daemon.start()
+    try:
+        daemon.run_until_signal()
+    finally:
+        daemon.stop()
+    return EXIT_OK
+
+
+def _add_run(sub: Any) -> None:
+    r = sub.add_parser("run", help="the node agent: keep nftlb equal to the cluster's Services")
+    a = r.add_argument
+    a(
+        "--kubeconfig",
+        default=env("KUBECONFIG", "") or None,
+        help="kubeconfig file (env KUBECONFIG; default: in-cluster)",
+    )
+    a(
+        "--nftlb-url",
+        default=env("KUBE_NFTLB_NFTLB_URL", "http://127.0.0.1:5555"),
+        help="env KUBE_NFTLB_NFTLB_URL",
+    )
+    a(
+        "--nftlb-key-file",
+        default=env("KUBE_NFTLB_NFTLB_KEY_FILE", "/run/kube-nftlb/key"),
+        help="env KUBE_NFTLB_NFTLB_KEY_FILE",
+    )
+    a("--node-name", default=env("NODE_NAME", ""), help="this node's name (env NODE_NAME)")
+    a(
+        "--resync-period",
+        default=env("KUBE_NFTLB_RESYNC_PERIOD", "30s"),
+        help="full resync period (env KUBE_NFTLB_RESYNC_PERIOD)",
+    )
+    a(
+        "--min-sync-interval",
+        default=env("KUBE_NFTLB_MIN_SYNC_INTERVAL", "50ms"),
+        help="least time between syncs once a burst of 5 is used (env KUBE_NFTLB_MIN_SYNC_INTERVAL)",
+    )
+    a(
+        "--metrics-address",
+        default=env("KUBE_NFTLB_METRICS_ADDRESS", "127.0.0.1:9195"),
+        help="host:port for /metrics, /healthz, /readyz (env KUBE_NFTLB_METRICS_ADDRESS; empty: off)",
+    )
+    a(
+        "--log-format",
+        choices=("json", "console"),
+        default=env("KUBE_NFTLB_LOG_FORMAT", "json"),
+        help="env KUBE_NFTLB_LOG_FORMAT",
+    )
+    a(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=env("KUBE_NFTLB_LOG_LEVEL", "info"),
+        help="env KUBE_NFTLB_LOG_LEVEL",
+    )
+    a(
+        "--proxy-name",
+        default=env("KUBE_NFTLB_PROXY_NAME", ""),
+        help="serve Services labelled service.kubernetes.io/service-proxy-name=NAME (env KUBE_NFTLB_PROXY_NAME)",
+    )
+    a("--once", action="store_true", help="one full sync, then exit (0 ok, 1 failed)")
+    r.set_defaults(func=cmd_run)
+
+
 def _add_source(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-f",
         "--filename",
         action="append",
-        required=True,
         metavar="PATH",
-        help="manifest file or folder (YAML or JSON, multi-document, List kinds); repeatable",
+        help="manifest file or folder (YAML or JSON, multi-document, List kinds); repeatable. "
+        "Without it, the live cluster is read (--kubeconfig, or in-cluster)",
     )
-    p.add_argument("--node", help="this node's name (default: $NODE_NAME, or the only Node in the input)")
+    p.add_argument(
+        "--kubeconfig",
+        default=os.environ.get("KUBECONFIG") or None,
+        help="kubeconfig for the live cluster",
+    )
+    p.add_argument(
+        "--node", help="this node's name (default: $NODE_NAME, or the only Node in the input)"
+    )
     p.add_argument(
         "--proxy-name",
         default=os.environ.get("KUBE_NFTLB_PROXY_NAME", ""),
@@ -156,12 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kube-nftlb {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    render = sub.add_parser("render", help="print the nftlb farms that Services and EndpointSlices make")
+    render = sub.add_parser(
+        "render", help="print the nftlb farms that Services and EndpointSlices make"
+    )
     _add_source(render)
     render.add_argument("-o", "--output", choices=("json", "yaml", "table"), default="json")
     render.set_defaults(func=cmd_render)
 
-    d = sub.add_parser("diff", help="dry run: the plan that would make nftlb match (exit 1 on changes)")
+    d = sub.add_parser(
+        "diff", help="dry run: the plan that would make nftlb match (exit 1 on changes)"
+    )
     _add_source(d)
     target = d.add_mutually_exclusive_group()
     target.add_argument("--nftlb", metavar="URL", help="a live nftlb, e.g. http://127.0.0.1:5555")
@@ -169,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--nftlb-key-file", metavar="FILE", help="file holding the nftlb key")
     d.add_argument("-o", "--output", choices=("text", "json"), default="text")
     d.set_defaults(func=cmd_diff)
+    _add_run(sub)
     return parser
 
 

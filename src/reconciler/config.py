@@ -1,0 +1,67 @@
+"""Settings from flags and environment variables, and the Kubernetes client's configuration.
+
+Every `run` flag has an environment variable (a DaemonSet sets env, people pass flags); a flag
+wins over its variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message says which and what to do."""
+
+
+def env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def duration(text: str) -> float:
+    """Seconds from '30', '30s', '500ms', '2m'."""
+    t = text.strip().lower()
+    try:
+        if t.endswith("ms"):
+            return float(t[:-2]) / 1000
+        if t.endswith("s"):
+            return float(t[:-1])
+        if t.endswith("m"):
+            return float(t[:-1]) * 60
+        return float(t)
+    except ValueError as e:
+        raise ConfigError(f"{text!r} is not a duration (e.g. 30s, 500ms, 2m)") from e
+
+
+def read_key(path: str) -> str:
+    try:
+        key = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read the nftlb key file {path}: {e.strerror}") from e
+    if not key:
+        raise ConfigError(f"the nftlb key file {path} is empty")
+    if "\n" in key or "\r" in key:
+        raise ConfigError(f"the nftlb key file {path} holds more than one line")
+    return key
+
+
+def kube_api_client(kubeconfig: str | None) -> Any:
+    """An ApiClient from a kubeconfig, or the in-cluster service account when there is none."""
+    cfg = kubernetes.client.Configuration()
+    try:
+        if kubeconfig:
+            kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+            kubernetes.config.load_incluster_config(client_configuration=cfg)
+        else:
+            kubernetes.config.load_kube_config(client_configuration=cfg)
+    except (kubernetes.config.ConfigException, OSError) as e:
+        raise ConfigError(
+            f"no Kubernetes configuration: {e} (pass --kubeconfig, or run in a cluster)"
+        ) from e
+    # The Watch helper builds its own ApiClient from the default configuration.
+    kubernetes.client.Configuration.set_default(cfg)
+    return kubernetes.client.ApiClient(cfg)

@@ -1,0 +1,173 @@
+"""`kube-nftlb run`: wires informers, the controller, the nftlb client, Events and health.
+
+Kept apart from the CLI's argument handling so tests and the demo can start the same wiring.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import kubernetes
+from attrs import define
+
+from reconciler.controller import Controller, Settings
+from reconciler.events import EventRecorder
+from reconciler.informer import Informer, InformerEvent
+from reconciler.kube import (
+    EndpointSlice,
+    Node,
+    Service,
+    parse_endpoint_slice,
+    parse_node,
+    parse_service,
+)
+from reconciler.logs import get_logger
+from reconciler.metrics import HealthServer, Metrics
+from reconciler.nftlb import NftlbClient
+from reconciler.problems import Problem
+
+
+@define
+class DaemonOptions:
+    settings: Settings
+    nftlb_url: str
+    nftlb_key: str
+    metrics_address: str = "127.0.0.1:9195"
+    watch_timeout: tuple[int, int] = (240, 300)
+    inactivity_timeout: float | None = None
+    events: bool = True
+
+
+def _parser(
+    parse: Callable[[Any], tuple[Any, list[Problem]]], log: Any, kind: str
+) -> Callable[[dict[str, Any]], Any]:
+    def run(raw: dict[str, Any]) -> Any:
+        obj, problems = parse(raw)
+        for p in problems:
+            log.warning(
+                "object.problem", kind=kind, object=str(p.ref), reason=p.reason, message=p.message
+            )
+        return obj
+
+    return run
+
+
+class Daemon:
+    """The running agent: start(), wait(), stop()."""
+
+    def __init__(self, options: DaemonOptions, api_client: Any) -> None:
+        self.options = options
+        self.log = get_logger()
+        self.metrics = Metrics()
+        core = kubernetes.client.CoreV1Api(api_client)
+        discovery = kubernetes.client.DiscoveryV1Api(api_client)
+        node = options.settings.node_name
+        self.nftlb = NftlbClient(options.nftlb_url, options.nftlb_key)
+        recorder = None
+        if options.events:
+            recorder = EventRecorder(
+                lambda ns, body: core.create_namespaced_event(ns, body),
+                node,
+                on_error=lambda p, e: self.log.warning(
+                    "event.failed", object=str(p.ref), error=str(e)
+                ),
+            )
+
+        def restarts(resource: str) -> Callable[[str], None]:
+            def hook(reason: str) -> None:
+                self.metrics.watch_restarts.labels(resource=resource, reason=reason).inc()
+                self.log.info("watch.restart", resource=resource, reason=reason)
+
+            return hook
+
+        common: dict[str, Any] = {
+            "server_timeout": options.watch_timeout,
+            "inactivity_timeout": options.inactivity_timeout,
+        }
+        self.services: Informer[Service] = Informer(
+            "services",
+            core.list_service_for_all_namespaces,
+            parse=_parser(parse_service, self.log, "Service"),
+            on_event=lambda ev: self.controller.on_service(ev.key, ev.old, ev.new),
+            on_restart=restarts("services"),
+            **common,
+        )
+        self.slices: Informer[EndpointSlice] = Informer(
+            "endpointslices",
+            discovery.list_endpoint_slice_for_all_namespaces,
+            parse=_parser(parse_endpoint_slice, self.log, "EndpointSlice"),
+            on_event=lambda ev: self.controller.on_slice(ev.old, ev.new),
+            on_restart=restarts("endpointslices"),
+            **common,
+        )
+        self.nodes: Informer[Node] = Informer(
+            "nodes",
+            core.list_node,
+            field_selector=f"metadata.name={node}",
+            parse=_parser(parse_node, self.log, "Node"),
+            on_event=lambda ev: self.controller.on_node(ev.old, ev.new),
+            key=lambda raw: ("", raw["metadata"]["name"]),
+            on_restart=restarts("nodes"),
+            **common,
+        )
+        self.controller = Controller(
+            options.settings,
+            self.nftlb,
+            self.services,
+            self.slices,
+            self.nodes,
+            self.metrics,
+            self.log,
+            recorder,
+        )
+        self.health: HealthServer | None = None
+        self._stopped = threading.Event()
+
+    def _live(self) -> bool:
+        import time
+
+        stall = max(60.0, 3 * self.options.settings.resync_period)
+        return time.monotonic() - self.controller.heartbeat < stall
+
+    def _ready(self) -> bool:
+        return self.controller.synced and self.controller.ready
+
+    def start(self, *, loop: bool = True) -> None:
+        self.log.info(
+            "daemon.start",
+            node=self.options.settings.node_name,
+            nftlb=self.options.nftlb_url,
+            resync_period=self.options.settings.resync_period,
+            metrics=self.options.metrics_address,
+        )
+        if self.options.metrics_address:
+            self.health = HealthServer(
+                self.metrics, self.options.metrics_address, self._live, self._ready
+            )
+            self.health.start()
+        for informer in (self.services, self.slices, self.nodes):
+            informer.start()
+        if loop:
+            self.controller.start()
+
+    def wait_for_sync(self, timeout: float) -> bool:
+        return all(i.wait_for_sync(timeout) for i in (self.services, self.slices, self.nodes))
+
+    def run_until_signal(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stopped.set())
+        self._stopped.wait()
+
+    def stop(self) -> None:
+        self.log.info("daemon.stop")
+        self.controller.stop()
+        for informer in (self.services, self.slices, self.nodes):
+            informer.stop()
+        if self.health is not None:
+            self.health.stop()
+
+
+__all__ = ["Daemon", "DaemonOptions", "InformerEvent"]
