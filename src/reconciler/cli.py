@@ -181,9 +181,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             min_sync_interval=duration(args.min_sync_interval),
         )
         api_client = kube_api_client(args.kubeconfig)
+        watch_timeout = duration(args.watch_timeout)
+        stall = duration(args.watch_stall_timeout) if args.watch_stall_timeout else None
     except ConfigError as e:
         raise UsageError(str(e)) from e
-    daemon = Daemon(DaemonOptions(settings, args.nftlb_url, key, args.metrics_address), api_client)
+    options = DaemonOptions(
+        settings,
+        args.nftlb_url,
+        key,
+        args.metrics_address,
+        watch_timeout=(max(1, int(watch_timeout * 0.8)), max(1, int(watch_timeout))),
+        inactivity_timeout=stall,
+    )
+    daemon = Daemon(options, api_client)
     if args.once:
         daemon.start(loop=False)
         try:
@@ -251,6 +261,17 @@ def _add_run(sub: Any) -> None:
         "--proxy-name",
         default=env("KUBE_NFTLB_PROXY_NAME", ""),
         help="serve Services labelled service.kubernetes.io/service-proxy-name=NAME (env KUBE_NFTLB_PROXY_NAME)",
+    )
+    a(
+        "--watch-timeout",
+        default=env("KUBE_NFTLB_WATCH_TIMEOUT", "5m"),
+        help="server-side watch timeout; each watch picks 80-100%% of it (env KUBE_NFTLB_WATCH_TIMEOUT)",
+    )
+    a(
+        "--watch-stall-timeout",
+        default=env("KUBE_NFTLB_WATCH_STALL_TIMEOUT", ""),
+        help="restart a watch that sends nothing for this long (default: watch timeout + 30s; "
+        "env KUBE_NFTLB_WATCH_STALL_TIMEOUT)",
     )
     a("--once", action="store_true", help="one full sync, then exit (0 ok, 1 failed)")
     r.set_defaults(func=cmd_run)

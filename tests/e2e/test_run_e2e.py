@@ -1,0 +1,250 @@
+"""The real `kube-nftlb run` process against the fake API server and the real nftlb daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from reconciler.fakeapi import FakeApiServer
+from reconciler.farms import Farm
+from reconciler.manifests import load_paths
+
+if TYPE_CHECKING:
+    from tests.e2e.conftest import NftlbDaemon
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+WEB = "k8s.default.web.http.tcp.v4"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Agent:
+    """One `kube-nftlb run` process, its log file and its health port."""
+
+    def __init__(self, workdir: Path, fake: FakeApiServer, daemon: NftlbDaemon, key_file: Path | None = None) -> None:
+        self.workdir, self.fake, self.daemon = workdir, fake, daemon
+        self.kubeconfig = workdir / "kubeconfig"
+        self.kubeconfig.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
+                    "users": [{"name": "fake", "user": {}}],
+                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+                    "current-context": "fake",
+                }
+            )
+        )
+        self.key_file = key_file or daemon.key_file
+        self.port = _free_port()
+        self.logs: list[Path] = []
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.workdir / f"run-{len(self.logs)}.log"
+        self.logs.append(log)
+        command = [sys.executable, "-m", "reconciler", "run", "--kubeconfig", str(self.kubeconfig)]
+        command += ["--nftlb-url", self.daemon.url, "--nftlb-key-file", str(self.key_file)]
+        command += ["--node-name", "node-1", "--resync-period", "2s", "--min-sync-interval", "20ms"]
+        command += ["--watch-timeout", "5s", "--watch-stall-timeout", "3s"]
+        command += ["--metrics-address", f"127.0.0.1:{self.port}", "--log-level", "debug"]
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ})
+
+    def stop(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=15)
+        self.process = None
+        return code
+
+    def lines(self, index: int = -1) -> list[dict[str, Any]]:
+        out = []
+        for raw in self.logs[index].read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(raw))
+            except ValueError:
+                out.append({"event": "<not json>", "text": raw})
+        return out
+
+    def events(self, name: str, index: int = -1) -> list[dict[str, Any]]:
+        return [line for line in self.lines(index) if line.get("event") == name]
+
+    def http(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except OSError:
+            return 0, ""
+
+    def farms(self) -> dict[str, Farm]:
+        with self.daemon.client() as c:
+            return c.get_farms().by_name()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeApiServer]:
+    with FakeApiServer() as server:
+        yield server
+
+
+@pytest.fixture
+def agent(tmp_path: Path, fake: FakeApiServer, clean_daemon: NftlbDaemon) -> Iterator[Agent]:
+    fake.seed(load_paths([EXAMPLES]))
+    a = Agent(tmp_path, fake, clean_daemon)
+    a.start()
+    try:
+        yield a
+    finally:
+        if a.process is not None:
+            assert a.stop() == 0, "the agent did not stop cleanly on SIGTERM"
+        for log in a.logs:
+            assert clean_daemon.key not in log.read_text(errors="replace"), "the nftlb key leaked into the logs"
+
+
+def web_slice(*ips: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": "web-abc12", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": True}, "nodeName": "node-1"} for ip in ips],
+    }
+
+
+def backends(agent: Agent, farm: str) -> list[str] | None:
+    f = agent.farms().get(farm)
+    return None if f is None else [b.ip for b in f.backends]
+
+
+def test_service_lifecycle_reaches_nftlb_and_the_kernel(agent: Agent, fake: FakeApiServer) -> None:
+    wait_until(lambda: backends(agent, WEB) == ["10.244.1.11", "10.244.1.12", "10.244.2.13"], what="web programmed")
+    farms = agent.farms()
+    assert "k8s.staging.web.http.tcp.v4" in farms, "same-named Services in two namespaces get two farms"
+    assert [a.ip for a in farms["k8s.staging.web.http.tcp.v4"].addresses] == ["10.96.0.21"]
+    wait_until(lambda: agent.http("/readyz")[0] == 200, what="ready")
+
+    fake.apply(web_slice("10.244.1.11", "10.244.1.12", "10.244.2.13", "10.244.2.14"))
+    wait_until(lambda: backends(agent, WEB) == ["10.244.1.11", "10.244.1.12", "10.244.2.13", "10.244.2.14"], what="scale up")
+    fake.apply(web_slice("10.244.2.14"))
+    wait_until(lambda: backends(agent, WEB) == ["10.244.2.14"], what="scale down")
+
+    svc = fake.get("Service", "default", "web")
+    assert svc is not None
+    svc["metadata"].setdefault("annotations", {})["service.kubernetes.io/kube-nftlb-load-balancer-scheduler"] = "weight"
+    fake.apply(svc)
+    wait_until(lambda: agent.farms()[WEB].scheduler.value == "weight", what="annotation applied")
+    ops = [o for o in agent.events("nftlb.operation") if o["farm"] == WEB]
+    assert ops[-1]["op"] == "update-farm"
+    assert ops[-1]["changes"] == [{"path": "scheduler", "old": "rr", "new": "weight"}]
+
+    fake.delete("Service", "default", "web")
+    wait_until(lambda: WEB not in agent.farms(), what="farm deleted")
+    agent.daemon.assert_kernel(agent.farms().values())
+
+    assert agent.http("/healthz")[0] == 200
+    status, metrics = agent.http("/metrics")
+    assert status == 200 and "kube_nftlb_sync_duration_seconds_bucket" in metrics
+
+
+def test_bad_annotation_gives_an_event_and_a_log_line_while_others_are_served(agent: Agent, fake: FakeApiServer) -> None:
+    wait_until(lambda: "k8s.default.legacy.http.tcp.v4" in agent.farms(), what="legacy served")
+    events = wait_until(
+        lambda: [e for e in fake.objects("Event", "default") if e["involvedObject"]["name"] == "legacy"], what="event"
+    )
+    assert events[0]["type"] == "Warning" and events[0]["reason"] == "InvalidAnnotation"
+    assert "roundrobin" in events[0]["message"] and "rr" in events[0]["message"]
+    lines = [x for x in agent.events("service.problem") if x["service"] == "default/legacy"]
+    assert len(lines) == 1 and lines[0]["value"] == "roundrobin"
+    time.sleep(2.5)  # at least one more full resync: no second Event
+    assert len([e for e in fake.objects("Event", "default") if e["involvedObject"]["name"] == "legacy"]) == 1
+
+
+def test_dropped_watch_and_stalled_stream_with_expired_history_leave_nothing_stale(
+    agent: Agent, fake: FakeApiServer
+) -> None:
+    wait_until(lambda: WEB in agent.farms() and "k8s.default.cart.http.tcp.v4" in agent.farms(), what="programmed")
+    fake.drop_watches()
+    fake.apply(web_slice("10.244.9.9"))
+    wait_until(lambda: backends(agent, WEB) == ["10.244.9.9"], what="change after a dropped watch")
+
+    fake.stall_watches(6)
+    fake.delete("Service", "default", "cart")
+    fake.apply(web_slice("10.244.9.10"))
+    fake.expire_history()
+    wait_until(lambda: "k8s.default.cart.http.tcp.v4" not in agent.farms(), timeout=30, what="deleted during outage")
+    wait_until(lambda: backends(agent, WEB) == ["10.244.9.10"], what="changed during outage")
+    reasons = {x["reason"] for x in agent.events("watch.restart")}
+    assert {"disconnected", "stalled", "expired"} <= reasons
+    fake.drop_watches()  # end the stalled server threads
+
+
+def test_nftlb_restart_is_repaired(agent: Agent) -> None:
+    wait_until(lambda: WEB in agent.farms(), what="programmed")
+    before = set(agent.farms())
+    agent.daemon.restart()
+    assert agent.farms() == {}
+    wait_until(lambda: set(agent.farms()) == before, what="repaired after an nftlb restart")
+    agent.daemon.assert_kernel(agent.farms().values())
+
+
+def test_reconciler_restart_sends_zero_writes(agent: Agent) -> None:
+    wait_until(lambda: [x for x in agent.events("sync.done") if x["kind"] == "full" and x["ok"]], what="first sync")
+    wait_until(lambda: WEB in agent.farms(), what="programmed")
+    assert agent.stop() == 0
+    agent.start()
+    wait_until(lambda: [x for x in agent.events("sync.done") if x["kind"] == "full"], what="first sync after restart")
+    first = next(x for x in agent.events("sync.done") if x["kind"] == "full")
+    assert first["ok"] and first["requests"] == 0 and first["operations"] == 0
+    assert agent.events("nftlb.operation") == []
+
+
+def test_wrong_key_gives_a_clear_error_and_no_crash(
+    tmp_path: Path, fake: FakeApiServer, clean_daemon: NftlbDaemon
+) -> None:
+    fake.seed(load_paths([EXAMPLES]))
+    wrong = tmp_path / "wrong.key"
+    wrong.write_text("not-the-key\n")
+    agent = Agent(tmp_path, fake, clean_daemon, key_file=wrong)
+    agent.start()
+    try:
+        failed = wait_until(lambda: agent.events("sync.failed"), what="sync.failed")
+        assert "key" in failed[0]["error"] and failed[0]["error_type"] == "NftlbUnauthorized"
+        time.sleep(1.5)
+        assert agent.process is not None and agent.process.poll() is None, "the agent crashed"
+        assert agent.http("/readyz")[0] == 503
+        assert agent.http("/healthz")[0] == 200
+        assert len(agent.events("sync.failed")) >= 2, "it retries"
+    finally:
+        assert agent.stop() == 0
+    assert "not-the-key" not in agent.logs[0].read_text()

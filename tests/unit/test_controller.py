@@ -1,0 +1,196 @@
+"""The sync loop's logic against the in-memory nftlb model (no threads, no network)."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+
+from reconciler.controller import Controller, Settings
+from reconciler.events import EventRecorder
+from reconciler.kube import parse_endpoint_slice, parse_node, parse_service
+from reconciler.logs import configure, get_logger
+from reconciler.metrics import Metrics
+from reconciler.nftlb import NftlbClient
+from reconciler.nftlb_model import NftlbModel
+
+
+class Store:
+    """An informer's store as the controller sees it."""
+
+    def __init__(self, synced: bool = True) -> None:
+        self.items: dict[Any, Any] = {}
+        self.has_synced = synced
+
+    def list(self) -> list[Any]:
+        return list(self.items.values())
+
+
+def service(name: str = "web", ip: str = "10.96.0.1", annotations: dict[str, str] | None = None, rv: str = "1") -> Any:
+    raw = {
+        "metadata": {"name": name, "namespace": "default", "resourceVersion": rv, "annotations": annotations or {}},
+        "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]},
+    }
+    return parse_service(raw)[0]
+
+
+def eps(name: str = "web", *ips: str, rv: str = "1") -> Any:
+    raw = {
+        "metadata": {"name": f"{name}-1", "namespace": "default", "resourceVersion": rv,
+                     "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [ip]} for ip in ips],
+    }
+    return parse_endpoint_slice(raw)[0]
+
+
+NODE = parse_node({"metadata": {"name": "n1"}, "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.1"}]}})[0]
+
+
+class World:
+    def __init__(self, events: list[Any] | None = None) -> None:
+        self.model = NftlbModel("k")
+        self.client = NftlbClient("http://nftlb", "k", transport=httpx.MockTransport(self.model.as_handler()))
+        self.services, self.slices, self.nodes = Store(), Store(), Store()
+        self.nodes.items["n1"] = NODE
+        self.log_stream = io.StringIO()
+        configure("json", "debug", self.log_stream)
+        recorder = EventRecorder(lambda ns, body: events.append(body), "n1") if events is not None else None
+        self.controller = Controller(
+            Settings("n1"), self.client, self.services, self.slices, self.nodes, Metrics(), get_logger(), recorder
+        )
+
+    def put_service(self, svc: Any) -> None:
+        old = self.services.items.get(svc.key)
+        self.services.items[svc.key] = svc
+        self.controller.on_service(svc.key, old, svc)
+
+    def put_slice(self, s: Any) -> None:
+        key = (s.namespace, s.name)
+        old = self.slices.items.get(key)
+        self.slices.items[key] = s
+        self.controller.on_slice(old, s)
+
+    def farms(self) -> dict[str, Any]:
+        return self.client.get_farms().by_name()
+
+    def logs(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log_stream.getvalue().splitlines()]
+
+    def writes(self) -> int:
+        return sum(1 for method, _ in self.model.requests if method != "GET")
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Any:
+    yield
+    structlog.reset_defaults()
+
+
+def test_full_sync_programs_every_service_and_a_second_one_writes_nothing() -> None:
+    w = World()
+    w.put_service(service())
+    w.put_slice(eps("web", "10.1.0.1", "10.1.0.2"))
+    assert w.controller.sync_full().ok
+    farm = w.farms()["k8s.default.web.http.tcp.v4"]
+    assert [b.ip for b in farm.backends] == ["10.1.0.1", "10.1.0.2"]
+    before = w.writes()
+    result = w.controller.sync_full()
+    assert result.ok and result.requests == 0 and w.writes() == before
+
+
+def test_a_new_controller_against_unchanged_nftlb_sends_zero_writes() -> None:
+    w = World()
+    w.put_service(service())
+    w.put_slice(eps("web", "10.1.0.1"))
+    w.controller.sync_full()
+    before = w.writes()
+    again = Controller(Settings("n1"), w.client, w.services, w.slices, w.nodes, Metrics(), get_logger())
+    assert again.sync_full().ok
+    assert w.writes() == before
+
+
+def test_partial_sync_sends_only_the_new_endpoint_in_one_request() -> None:
+    w = World()
+    w.put_service(service())
+    w.put_slice(eps("web", "10.1.0.1"))
+    w.controller.sync_full()
+    w.put_slice(eps("web", "10.1.0.1", "10.1.0.2", rv="2"))
+    result = w.controller.sync_partial()
+    assert result.ok and result.requests == 1 and result.operations == 1
+    assert [b.ip for b in w.farms()["k8s.default.web.http.tcp.v4"].backends] == ["10.1.0.1", "10.1.0.2"]
+
+
+def test_an_update_that_changes_only_the_resource_version_marks_nothing() -> None:
+    w = World()
+    w.put_service(service())
+    w.controller.sync_full()
+    w.put_service(service(rv="99"))
+    assert w.controller._dirty == set()
+
+
+def test_annotation_change_updates_only_that_field_and_logs_it() -> None:
+    w = World()
+    w.put_service(service())
+    w.controller.sync_full()
+    w.put_service(service(annotations={"service.kubernetes.io/kube-nftlb-load-balancer-scheduler": "weight"}, rv="2"))
+    assert w.controller.sync_partial().ok
+    (op,) = [line for line in w.logs() if line["event"] == "nftlb.operation"][-1:]
+    assert op["op"] == "update-farm"
+    assert op["changes"] == [{"path": "scheduler", "old": "rr", "new": "weight"}]
+
+
+def test_deleted_service_loses_its_farm() -> None:
+    w = World()
+    w.put_service(service())
+    w.controller.sync_full()
+    svc = w.services.items.pop(("default", "web"))
+    w.controller.on_service(svc.key, svc, None)
+    assert w.controller.sync_partial().ok
+    assert w.farms() == {}
+
+
+def test_nftlb_restart_is_repaired_by_the_next_full_sync() -> None:
+    w = World()
+    w.put_service(service())
+    w.controller.sync_full()
+    w.model.farms.clear()  # what a restarted nftlb holds
+    assert w.controller.sync_full().ok
+    assert "k8s.default.web.http.tcp.v4" in w.farms()
+
+
+def test_wrong_key_fails_cleanly_and_asks_for_a_full_sync() -> None:
+    w = World()
+    w.model.key = "other"
+    w.put_service(service())
+    result = w.controller.sync_full()
+    assert not result.ok and not w.controller.ready
+    line = next(x for x in w.logs() if x["event"] == "sync.failed")
+    assert "key" in line["error"] and "k" != line["error"]
+    assert w.controller._full_needed
+
+
+def test_bad_annotation_gives_one_event_and_one_log_line_however_many_syncs() -> None:
+    events: list[Any] = []
+    w = World(events)
+    w.put_service(service(annotations={"service.kubernetes.io/kube-nftlb-load-balancer-mode": "dsr"}))
+    w.put_service(service("ok", ip="10.96.0.2"))
+    w.controller.sync_full()
+    w.controller.sync_full()
+    assert len(events) == 1
+    assert events[0]["reason"] == "InvalidAnnotation" and "dsr" in events[0]["message"]
+    assert events[0]["involvedObject"]["name"] == "web"
+    assert len([x for x in w.logs() if x["event"] == "service.problem"]) == 1
+    assert {"k8s.default.web.http.tcp.v4", "k8s.default.ok.http.tcp.v4"} <= w.farms().keys()
+
+
+def test_no_sync_before_caches_have_listed() -> None:
+    w = World()
+    w.slices.has_synced = False
+    assert not w.controller.synced
+    assert w.controller._wait_for_work() is None
