@@ -163,6 +163,16 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_CHANGES if plan else EXIT_OK
 
 
+def _wait_for_key(path: str, timeout: float = 60.0) -> str:
+    """The key file is written by the nftlb container when it starts; give it a minute."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not Path(path).exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return read_key(path)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from reconciler.controller import Settings
     from reconciler.daemon import Daemon, DaemonOptions
@@ -172,7 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         if not args.node_name:
             raise ConfigError("the node name is not set: pass --node-name or set NODE_NAME")
-        key = read_key(args.nftlb_key_file)
+        key = _wait_for_key(args.nftlb_key_file, duration(args.nftlb_key_wait))
         redact(key)
         settings = Settings(
             node_name=args.node_name,
@@ -211,6 +221,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from reconciler.demo import main as demo_main
+
+    return demo_main()
+
+
 def _add_run(sub: Any) -> None:
     r = sub.add_parser("run", help="the node agent: keep nftlb equal to the cluster's Services")
     a = r.add_argument
@@ -228,6 +244,11 @@ def _add_run(sub: Any) -> None:
         "--nftlb-key-file",
         default=env("KUBE_NFTLB_NFTLB_KEY_FILE", "/run/kube-nftlb/key"),
         help="env KUBE_NFTLB_NFTLB_KEY_FILE",
+    )
+    a(
+        "--nftlb-key-wait",
+        default=env("KUBE_NFTLB_NFTLB_KEY_WAIT", "60s"),
+        help="how long to wait for the key file to appear (env KUBE_NFTLB_NFTLB_KEY_WAIT)",
     )
     a("--node-name", default=env("NODE_NAME", ""), help="this node's name (env NODE_NAME)")
     a(
@@ -325,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", choices=("text", "json"), default="text")
     d.set_defaults(func=cmd_diff)
     _add_run(sub)
+    demo = sub.add_parser("demo", help="the whole loop on the built-in example cluster (root; about 20 s)")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

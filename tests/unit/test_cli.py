@@ -97,5 +97,7 @@ def test_run_without_node_name_says_what_to_do(tmp_path: Path, capsys: pytest.Ca
     key.write_text("k\n")
     code, _, err = run(capsys, "run", "--nftlb-key-file", str(key))
     assert code == 2 and "NODE_NAME" in err
-    code, _, err = run(capsys, "run", "--node-name", "n", "--nftlb-key-file", str(tmp_path / "nope"))
+    code, _, err = run(
+        capsys, "run", "--node-name", "n", "--nftlb-key-file", str(tmp_path / "nope"), "--nftlb-key-wait", "0"
+    )
     assert code == 2 and "key file" in err
