@@ -21,6 +21,8 @@ from reconciler.plan import Change, Operation, OpKind, Plan, ordered
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "on" if value else "off"
     if isinstance(value, tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, str | int | bool) or value is None:
@@ -28,12 +30,17 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _key(field: str) -> str:
+    """Field paths use nftlb's key names (``persist-ttl``), as people see them in GET /farms."""
+    return field.replace("_", "-")
+
+
 def _fields(farm: Farm) -> dict[str, Any]:
-    return {f: _jsonable(getattr(farm, f)) for f in FARM_FIELDS}
+    return {_key(f): _jsonable(getattr(farm, f)) for f in FARM_FIELDS}
 
 
 def _obj(value: Address | Backend) -> dict[str, Any]:
-    return {k: _jsonable(v) for k, v in asdict(value, recurse=False).items()}
+    return {_key(k): _jsonable(v) for k, v in asdict(value, recurse=False).items()}
 
 
 def _changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str) -> list[Change]:
@@ -69,9 +76,9 @@ def diff_farm(desired: Farm, actual: Farm) -> list[Operation]:
     name = desired.name
     ops: list[Operation] = []
     old_fields, new_fields = _fields(actual), _fields(desired)
-    changed = tuple(f for f in FARM_FIELDS if old_fields[f] != new_fields[f])
+    changed = tuple(f for f in FARM_FIELDS if old_fields[_key(f)] != new_fields[_key(f)])
     if changed:
-        changes = tuple(Change(f, old_fields[f], new_fields[f]) for f in changed)
+        changes = tuple(Change(_key(f), old_fields[_key(f)], new_fields[_key(f)]) for f in changed)
         ops.append(Operation(OpKind.UPDATE_FARM, name, changes, farm=desired, fields=changed))
     have_addresses = set(actual.addresses)
     added = tuple(a for a in desired.addresses if a not in have_addresses)
