@@ -122,6 +122,10 @@ class Controller:
         self._full_needed = True
         self._triggers: dict[ServiceKey, float] = {}
         self._requests: dict[ServiceKey, ServiceFarms] = {}
+        # Indexes kept from events, so a partial sync reads only the dirty Services' objects.
+        self._services: dict[ServiceKey, Service] = {}
+        self._slices: dict[ServiceKey, dict[tuple[str, str], EndpointSlice]] = {}
+        self._node: Node | None = None
         self._desired: dict[str, Farm] = {}
         self._actual: dict[str, Farm] = {}
         self._bucket = _Bucket(settings.sync_burst, settings.min_sync_interval)
@@ -137,10 +141,20 @@ class Controller:
     # -- change tracking (called from informer threads) -------------------------------------
 
     def on_service(self, key: ServiceKey, old: Service | None, new: Service | None) -> None:
+        with self._cond:
+            if new is None:
+                self._services.pop(key, None)
+            else:
+                self._services[key] = new
         if not _same(old, new):
             self._mark([key])
 
     def on_slice(self, old: EndpointSlice | None, new: EndpointSlice | None) -> None:
+        with self._cond:
+            if old is not None:
+                self._slices.get((old.namespace, old.service_name), {}).pop((old.namespace, old.name), None)
+            if new is not None:
+                self._slices.setdefault((new.namespace, new.service_name), {})[(new.namespace, new.name)] = new
         if _same(old, new):
             return
         keys = {(s.namespace, s.service_name) for s in (old, new) if s is not None}
@@ -153,8 +167,12 @@ class Controller:
         self._mark(keys)
 
     def on_node(self, old: Node | None, new: Node | None) -> None:
-        name = (new or old).name if (new or old) is not None else ""  # type: ignore[union-attr]
-        if name == self.settings.node_name and not _same(old, new):
+        current = new or old
+        if current is None or current.name != self.settings.node_name:
+            return
+        with self._cond:
+            self._node = new
+        if not _same(old, new):
             with self._cond:
                 self._all_dirty = True
                 self._cond.notify()
@@ -221,11 +239,28 @@ class Controller:
     # -- syncs ---------------------------------------------------------------------------------
 
     def _state(self) -> ClusterState:
-        return ClusterState.build(
-            self._caches["services"].list(), self._caches["endpointslices"].list(), self._caches["nodes"].list()
-        )
+        """Everything, from the caches; the event indexes are rebuilt from the same lists."""
+        services = self._caches["services"].list()
+        slices = self._caches["endpointslices"].list()
+        nodes = self._caches["nodes"].list()
+        with self._cond:
+            self._services = {s.key: s for s in services}
+            self._slices = {}
+            for sl in slices:
+                self._slices.setdefault((sl.namespace, sl.service_name), {})[(sl.namespace, sl.name)] = sl
+            self._node = next((n for n in nodes if n.name == self.settings.node_name), None)
+        return ClusterState.build(services, slices, nodes)
+
+    def _state_for(self, keys: Iterable[ServiceKey]) -> ClusterState:
+        """Only what the dirty Services need: their objects, their slices and this node."""
+        with self._cond:
+            services = [self._services[k] for k in keys if k in self._services]
+            slices = [sl for k in keys for sl in self._slices.get(k, {}).values()]
+            nodes = [self._node] if self._node is not None else []
+        return ClusterState.build(services, slices, nodes)
 
     def _recompute(self, state: ClusterState, keys: Iterable[ServiceKey] | None) -> Desired:
+        """Recompute the Services in `keys` (all when None) and decide conflicts across all."""
         s = self.settings
         if keys is None:
             self._requests = {
@@ -238,7 +273,7 @@ class Controller:
                     self._requests.pop(k, None)
                 else:
                     self._requests[k] = service_farms(svc, state, s.node_name, s.proxy_name)
-        return resolve(self._requests.values())
+        return resolve(self._requests.values(), self._desired)
 
     def sync_full(self) -> SyncResult:
         """Everything: recompute all Services, read nftlb back, correct any drift."""
@@ -272,7 +307,8 @@ class Controller:
             self._all_dirty = False
             triggers, self._triggers = self._triggers, {}
             self.metrics.pending_changes.set(0)
-        desired = self._recompute(self._state(), keys)
+        state = self._state() if keys is None else self._state_for(keys)
+        desired = self._recompute(state, keys)
         wanted = {f.name: f for f in desired.farms}
         changed = {n for n in wanted.keys() | self._desired.keys() if wanted.get(n) != self._desired.get(n)}
         changed |= {n for n in wanted.keys() ^ self._actual.keys()}

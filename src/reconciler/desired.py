@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from attrs import evolve, frozen
 
@@ -243,7 +243,9 @@ def _resolve_conflicts(candidates: list[_Candidate], problems: list[Problem]) ->
                     value=f"{w.namespace}/{w.name}",
                 )
             )
-        if kept:
+        if len(kept) == len(cand.farm.addresses):
+            farms.append(cand.farm)  # the common case: no new object, so caches stay valid
+        elif kept:
             farms.append(evolve(cand.farm, addresses=tuple(kept)))
     return farms
 
@@ -269,8 +271,12 @@ def service_farms(service: Service, state: ClusterState, node_name: str, proxy_n
     return ServiceFarms(service, tuple(farms), tuple(problems))
 
 
-def resolve(requests: Iterable[ServiceFarms]) -> Desired:
-    """Decide conflicts across Services and validate: the farms that may leave the core."""
+def resolve(requests: Iterable[ServiceFarms], validated: Mapping[str, Farm] | None = None) -> Desired:
+    """Decide conflicts across Services and validate: the farms that may leave the core.
+
+    `validated` holds farms that passed validation before (the last result); a farm equal to
+    its entry there is not validated again, which keeps a partial sync's cost off the cluster size.
+    """
     problems: list[Problem] = []
     candidates: list[_Candidate] = []
     names: set[str] = set()
@@ -286,7 +292,8 @@ def resolve(requests: Iterable[ServiceFarms]) -> Desired:
     owners: list[tuple[str, tuple[str, str]]] = []
     by_name = {c.farm.name: c.service for c in candidates}
     for farm in _resolve_conflicts(candidates, problems):
-        errors = validate_farm(farm)
+        known = validated.get(farm.name) if validated is not None else None
+        errors = [] if known is not None and (known is farm or known == farm) else validate_farm(farm)
         service = by_name[farm.name]
         if errors:
             problems.append(Problem(_ref(service), "InvalidFarm", f"farm {farm.name} not sent: {'; '.join(errors)}"))
