@@ -289,7 +289,7 @@ class Controller:
             read = self.nftlb.get_farms()
             self.metrics.actual_farms.set(len(read.owned))
             actual = {f.name: f for f in read.owned}
-            plan = diff(desired.farms, read.owned)
+            plan = diff(desired.farms, read.owned, read.unparsable)
             result = self._apply("full", plan, desired)
             self._actual = {f.name: assign_marks(f, actual.get(f.name)) for f in desired.farms}
         except NftlbError as e:

@@ -1,8 +1,8 @@
 """`desired_farms`: cluster state in, the farms this node should hold out. Pure and total.
 
-One farm per Service port, IP family and traffic scope (see `names.py`). Its frontends are the
-cluster IP and, where they share its backends, the node ports, external IPs and load-balancer
-IPs. A Service with no usable endpoints still gets its farm, with no backends: its addresses stay
+One farm per Service port, IP family and frontend (see `names.py`): the cluster IP, each node
+port on this node's addresses, each external IP and each load-balancer IP. nftlb 1.0.7 breaks
+farms that carry several address objects, so frontends never share a farm. A Service with no usable endpoints still gets its farm, with no backends: its addresses stay
 claimed, traffic to them is dropped instead of leaking elsewhere, and the first endpoint to appear
 is one backend upsert.
 """
@@ -20,6 +20,9 @@ from reconciler.endpoints import select_endpoints
 from reconciler.farms import (
     HELPERS_BY_PROTOCOL,
     MAX_BACKENDS,
+    helper_fits,
+    persistence_fits,
+    sched_param_fits,
     Address,
     Backend,
     Family,
@@ -30,7 +33,17 @@ from reconciler.farms import (
     validate_farm,
 )
 from reconciler.kube import ClusterState, EndpointSlice, Node, Service, ServicePort
-from reconciler.names import FarmKey, address_name, backend_name, farm_name, port_segment
+from reconciler.names import (
+    EXTERNAL_IP,
+    LOAD_BALANCER,
+    NODE_PORT,
+    FarmKey,
+    address_name,
+    backend_name,
+    farm_name,
+    frontend_segment,
+    port_segment,
+)
 from reconciler.problems import ObjectRef, Problem
 
 SERVICE_PROXY_NAME = "service.kubernetes.io/service-proxy-name"
@@ -82,48 +95,78 @@ def is_served(service: Service, proxy_name: str) -> bool:
     return label is None or (proxy_name != "" and label == proxy_name)
 
 
-def _frontends(
-    service: Service, port: ServicePort, family: Family, node: Node | None
-) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    """(internal, external) frontends of one port and family as (ip, port) pairs."""
-    internal = [(ip, port.port) for ip in service.cluster_ips if _family_of(ip) is family]
-    external: list[tuple[str, int]] = []
+@frozen
+class _Frontend:
+    """One (address, port) a Service port is reached on, and which farm name segment it gets."""
+
+    ip: str
+    port: int
+    segment: str  # "" for the cluster IP; see names.frontend_segment
+
+    @property
+    def external(self) -> bool:
+        return self.segment != ""
+
+
+def _frontends(service: Service, port: ServicePort, family: Family, node: Node | None) -> list[_Frontend]:
+    """The cluster IP, node ports, external IPs and load-balancer IPs of one port and family."""
+    out = [_Frontend(ip, port.port, "") for ip in service.cluster_ips if _family_of(ip) is family][:1]
     if service.type in ("NodePort", "LoadBalancer") and port.node_port and node is not None:
-        external.extend((ip, port.node_port) for ip in node.ips(family))
-    for ip in (*service.external_ips, *service.load_balancer_ips):
-        if _family_of(ip) is family:
-            external.append((_canonical(ip), port.port))
-    return internal[:1], external
+        out.extend(_Frontend(ip, port.node_port, frontend_segment(NODE_PORT, ip)) for ip in node.ips(family))
+    for kind, ips in ((EXTERNAL_IP, service.external_ips), (LOAD_BALANCER, service.load_balancer_ips)):
+        for ip in ips:
+            if _family_of(ip) is family:
+                out.append(_Frontend(_canonical(ip), port.port, frontend_segment(kind, _canonical(ip))))
+    unique: dict[tuple[str, int], _Frontend] = {}
+    for f in out:
+        unique.setdefault((f.ip, f.port), f)  # an external IP equal to the cluster IP: served once
+    return list(unique.values())
 
 
-def _farm(
-    key: FarmKey,
-    frontends: Iterable[tuple[str, int]],
-    backends: Iterable[Backend],
-    options: FarmOptions,
-    mode: Mode,
-    helper: Helper,
-) -> Farm:
-    name = farm_name(key)
-    addresses = {
-        (ip, p): Address(address_name(name, key.family, ip, key.protocol, p), key.family, ip, p, key.protocol)
-        for ip, p in frontends
-    }
-    return Farm(
-        name=name,
-        family=key.family,
-        protocol=key.protocol,
-        addresses=tuple(addresses.values()),
-        backends=tuple(backends),
-        mode=mode,
-        scheduler=options.scheduler,
-        sched_param=options.sched_param,
-        persistence=options.persistence,
-        persist_ttl=options.persist_ttl,
-        helper=helper,
-        log=options.log,
-        est_connlimit=options.est_connlimit,
-    )
+def _fitted(
+    service: Service, options: FarmOptions, family: Family, protocol: Protocol, segment: str, problems: list[Problem]
+) -> tuple[Helper, tuple[str, ...], tuple[str, ...]]:
+    """helper, persistence and sched-param, each dropped (with a problem) where nftlb cannot take it."""
+    helper, persistence, sched_param = options.helper, options.persistence, options.sched_param
+    where = f"{protocol.value.upper()} port {segment!r} over {family.value}"
+    if not helper_fits(family, protocol, helper):
+        fits = sorted(h.value for h in HELPERS_BY_PROTOCOL[protocol] if helper_fits(family, protocol, h))
+        problems.append(
+            Problem(
+                _ref(service),
+                "InvalidAnnotation",
+                f"helper {helper.value!r} does not fit {where}; allowed: {', '.join(fits)}; using 'none' there",
+                key="helper",
+                value=helper.value,
+                allowed=tuple(fits),
+            )
+        )
+        helper = Helper.NONE
+    if persistence and not persistence_fits(family, persistence):
+        problems.append(
+            Problem(
+                _ref(service),
+                "InvalidAnnotation",
+                f"persistence {' '.join(persistence)!r} makes a key nftlb 1.0.7 cannot build for {where} "
+                "(at most 20 bytes; over IPv6 an address alone); using 'none' there",
+                key="persistence",
+                value=" ".join(persistence),
+            )
+        )
+        persistence = ()
+    if sched_param and not sched_param_fits(family, sched_param):
+        problems.append(
+            Problem(
+                _ref(service),
+                "InvalidAnnotation",
+                f"sched-param {' '.join(sched_param)!r} makes a hash key nftlb 1.0.7 cannot build for {where}; "
+                "using 'srcip' there",
+                key="sched-param",
+                value=" ".join(sched_param),
+            )
+        )
+        sched_param = ("srcip",)
+    return helper, persistence, sched_param
 
 
 def _service_farms(
@@ -151,25 +194,8 @@ def _service_farms(
             problems.append(Problem(ref, "DuplicatePort", f"port {segment!r} is listed twice; the first is used"))
             continue
         seen_ports.add(segment)
-        helper = options.helper
-        if helper not in HELPERS_BY_PROTOCOL[port.protocol]:
-            fits = sorted(h.value for h in HELPERS_BY_PROTOCOL[port.protocol])
-            problems.append(
-                Problem(
-                    ref,
-                    "InvalidAnnotation",
-                    f"helper {helper.value!r} does not fit {port.protocol.value.upper()} port "
-                    f"{segment!r}; allowed: {', '.join(fits)}; using 'none' for this port",
-                    key="helper",
-                    value=helper.value,
-                    allowed=tuple(fits),
-                )
-            )
-            helper = Helper.NONE
         for family in families:
-            farms.extend(
-                _port_farms(service, port, segment, family, options, helper, node, node_name, slices, problems)
-            )
+            farms.extend(_port_farms(service, port, segment, family, options, node, node_name, slices, problems))
     return farms
 
 
@@ -179,42 +205,58 @@ def _port_farms(
     segment: str,
     family: Family,
     options: FarmOptions,
-    helper: Helper,
     node: Node | None,
     node_name: str,
     slices: tuple[EndpointSlice, ...],
     problems: list[Problem],
 ) -> list[Farm]:
-    internal, external = _frontends(service, port, family, node)
-    internal_local = service.internal_traffic_policy == "Local"
-    external_local = service.external_traffic_policy == "Local"
-    key = FarmKey(service.namespace, service.name, segment, port.protocol, family)
+    """One farm per frontend; each frontend's backends follow its traffic policy."""
+    frontends = _frontends(service, port, family, node)
+    if not frontends:
+        return []
+    helper, persistence, sched_param = _fitted(service, options, family, port.protocol, segment, problems)
+    cache: dict[bool, tuple[Backend, ...]] = {}
 
-    def backends(local_only: bool) -> list[Backend]:
-        targets = select_endpoints(service, port, slices, family, node_name, local_only)
-        if len(targets) > MAX_BACKENDS:
-            problems.append(
-                Problem(
-                    _ref(service),
-                    "TooManyEndpoints",
-                    f"port {segment!r} has {len(targets)} endpoints; nftlb takes {MAX_BACKENDS} per farm, "
-                    f"the first {MAX_BACKENDS} by address are used",
+    def backends(local_only: bool) -> tuple[Backend, ...]:
+        if local_only not in cache:
+            targets = select_endpoints(service, port, slices, family, node_name, local_only)
+            if len(targets) > MAX_BACKENDS:
+                problems.append(
+                    Problem(
+                        _ref(service),
+                        "TooManyEndpoints",
+                        f"port {segment!r} has {len(targets)} endpoints; nftlb takes {MAX_BACKENDS} per farm, "
+                        f"the first {MAX_BACKENDS} by address are used",
+                    )
                 )
-            )
-            targets = targets[:MAX_BACKENDS]
-        return [Backend(backend_name(t.ip, t.port), t.ip, t.port) for t in targets]
+                targets = targets[:MAX_BACKENDS]
+            cache[local_only] = tuple(Backend(backend_name(t.ip, t.port), t.ip, t.port) for t in targets)
+        return cache[local_only]
 
-    split = bool(external) and (external_local or internal_local)
-    farms: list[Farm] = []
-    if split:
-        ext_mode = options.mode if options.mode_set or not external_local else Mode.DNAT
-        ext_key = evolve(key, external=True)
-        farms.append(_farm(ext_key, external, backends(external_local), options, ext_mode, helper))
-        frontends = internal
-    else:
-        frontends = internal + external
-    if frontends:
-        farms.append(_farm(key, frontends, backends(internal_local), options, options.mode, helper))
+    farms = []
+    for front in frontends:
+        local = (service.external_traffic_policy if front.external else service.internal_traffic_policy) == "Local"
+        # externalTrafficPolicy Local exists to keep the client's address: no source NAT there.
+        mode = Mode.DNAT if front.external and local and not options.mode_set else options.mode
+        key = FarmKey(service.namespace, service.name, segment, port.protocol, family, front.segment)
+        name = farm_name(key)
+        farms.append(
+            Farm(
+                name=name,
+                family=family,
+                protocol=port.protocol,
+                addresses=(Address(address_name(name), family, front.ip, front.port, port.protocol),),
+                backends=backends(local),
+                mode=mode,
+                scheduler=options.scheduler,
+                sched_param=sched_param,
+                persistence=persistence,
+                persist_ttl=options.persist_ttl,
+                helper=helper,
+                log=options.log,
+                est_connlimit=options.est_connlimit,
+            )
+        )
     return farms
 
 
@@ -226,13 +268,12 @@ def _resolve_conflicts(candidates: list[_Candidate], problems: list[Problem]) ->
             winners.setdefault(a.tuple_key, cand)
     farms: list[Farm] = []
     for cand in candidates:
-        kept = []
-        for a in cand.farm.addresses:
-            winner = winners[a.tuple_key]
-            if winner is cand:
-                kept.append(a)
-                continue
-            w = winner.service
+        lost = [a for a in cand.farm.addresses if winners[a.tuple_key] is not cand]
+        if not lost:
+            farms.append(cand.farm)
+            continue
+        for a in lost:
+            w = winners[a.tuple_key].service
             problems.append(
                 Problem(
                     _ref(cand.service),
@@ -243,10 +284,6 @@ def _resolve_conflicts(candidates: list[_Candidate], problems: list[Problem]) ->
                     value=f"{w.namespace}/{w.name}",
                 )
             )
-        if len(kept) == len(cand.farm.addresses):
-            farms.append(cand.farm)  # the common case: no new object, so caches stay valid
-        elif kept:
-            farms.append(evolve(cand.farm, addresses=tuple(kept)))
     return farms
 
 

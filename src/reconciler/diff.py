@@ -15,7 +15,7 @@ from typing import Any
 from attrs import asdict
 from deepdiff import DeepDiff
 
-from reconciler.farms import FARM_FIELDS, Address, Backend, Farm, assign_marks
+from reconciler.farms import FARM_FIELDS, Backend, Farm, assign_marks
 from reconciler.names import is_owned
 from reconciler.plan import Change, Operation, OpKind, Plan, ordered
 
@@ -39,7 +39,7 @@ def _fields(farm: Farm) -> dict[str, Any]:
     return {_key(f): _jsonable(getattr(farm, f)) for f in FARM_FIELDS}
 
 
-def _obj(value: Address | Backend) -> dict[str, Any]:
+def _obj(value: Backend) -> dict[str, Any]:
     return {_key(k): _jsonable(v) for k, v in asdict(value, recurse=False).items()}
 
 
@@ -60,11 +60,15 @@ def _value(obj: Mapping[str, Any], key: str) -> Any:
     return obj.get(key)
 
 
+def _frontend(farm: Farm) -> str:
+    return ", ".join(f"[{a.ip}]:{a.port}" if ":" in a.ip else f"{a.ip}:{a.port}" for a in farm.addresses)
+
+
 def farm_summary(farm: Farm) -> dict[str, Any]:
     """A farm as plain JSON values, for create and delete records in logs and plans."""
     out = {"name": farm.name, "family": farm.family.value, "protocol": farm.protocol.value}
     out.update(_fields(farm))
-    out["addresses"] = [f"{a.ip}:{a.port}" for a in farm.addresses]
+    out["virtual-addr"] = _frontend(farm)
     out["backends"] = [f"{b.ip}:{b.port}" for b in farm.backends]
     return out
 
@@ -77,19 +81,13 @@ def diff_farm(desired: Farm, actual: Farm) -> list[Operation]:
     ops: list[Operation] = []
     old_fields, new_fields = _fields(actual), _fields(desired)
     changed = tuple(f for f in FARM_FIELDS if old_fields[_key(f)] != new_fields[_key(f)])
+    changes = [Change(_key(f), old_fields[_key(f)], new_fields[_key(f)]) for f in changed]
+    if desired.addresses != actual.addresses:
+        # The farm's own virtual address changes in place, which nftlb does cleanly.
+        changed += ("addresses",)
+        changes.append(Change("virtual-addr", _frontend(actual), _frontend(desired)))
     if changed:
-        changes = tuple(Change(_key(f), old_fields[_key(f)], new_fields[_key(f)]) for f in changed)
-        ops.append(Operation(OpKind.UPDATE_FARM, name, changes, farm=desired, fields=changed))
-    have_addresses = set(actual.addresses)
-    added = tuple(a for a in desired.addresses if a not in have_addresses)
-    if added:
-        changes = tuple(Change(f"addresses[{a.name}]", None, _obj(a)) for a in added)
-        ops.append(Operation(OpKind.ADD_ADDRESSES, name, changes, farm=desired, addresses=added))
-    want_addresses = set(desired.addresses)
-    for a in actual.addresses:
-        if a not in want_addresses:
-            change = Change(f"addresses[{a.name}]", _obj(a), None)
-            ops.append(Operation(OpKind.DELETE_ADDRESS, name, (change,), target=a.name))
+        ops.append(Operation(OpKind.UPDATE_FARM, name, tuple(changes), farm=desired, fields=changed))
     upserts: list[Backend] = []
     changes_b: list[Change] = []
     for b in desired.backends:
@@ -113,11 +111,18 @@ def diff_farm(desired: Farm, actual: Farm) -> list[Operation]:
     return ops
 
 
-def diff(desired: Iterable[Farm], actual: Iterable[Farm]) -> Plan:
-    """The plan from `actual` (as read back) to `desired`, touching owned farms only."""
+def diff(desired: Iterable[Farm], actual: Iterable[Farm], broken: Iterable[str] = ()) -> Plan:
+    """The plan from `actual` (as read back) to `desired`, touching owned farms only.
+
+    `broken` names owned farms nftlb holds in a shape the model cannot read (see
+    `wire.parse_farms`): they are deleted, and created again whole where still desired.
+    """
     want = {f.name: f for f in desired if is_owned(f.name)}
     have = {f.name: f for f in actual if is_owned(f.name)}
     ops: list[Operation] = []
+    for name in sorted(set(broken)):
+        if is_owned(name) and name not in have:
+            ops.append(Operation(OpKind.DELETE_FARM, name, (Change("farm", "unreadable", None),)))
     for name, farm in have.items():
         if name not in want:
             ops.append(Operation(OpKind.DELETE_FARM, name, (Change("farm", farm_summary(farm), None),)))

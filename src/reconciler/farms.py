@@ -70,6 +70,39 @@ HELPERS_BY_PROTOCOL: dict[Protocol, frozenset[Helper]] = {
     Protocol.SCTP: frozenset({Helper.NONE}),
 }
 
+#: Helpers whose kernel conntrack helper exists for IPv4 only: on an IPv6 farm nft fails and,
+#: as nftlb answers 200, the farm and the next IPv6 farms silently get no rules.
+IPV4_ONLY_HELPERS: frozenset[Helper] = frozenset({Helper.PPTP, Helper.SNMP})
+#: Bytes each packet field adds to an nft map key (libnftables 1.0.6 aborts inside nftlb, which
+#: dies and drops every rule on restart, for persistence keys over 20 bytes and IPv6 hash keys
+#: over 48 bytes; found on the real daemon).
+_FIELD_BYTES = {"srcip": 4, "dstip": 4, "srcport": 4, "dstport": 4, "srcmac": 8, "dstmac": 8}
+MAX_PERSISTENCE_KEY = 20
+MAX_IPV6_HASH_KEY = 48
+
+
+def _key_bytes(family: Family, tokens: Iterable[str]) -> int:
+    ip = 16 if family is Family.IPV6 else 4
+    return sum(ip if t in ("srcip", "dstip") else _FIELD_BYTES[t] for t in tokens)
+
+
+def persistence_fits(family: Family, tokens: tuple[str, ...]) -> bool:
+    """Whether nftlb 1.0.7 can build this persistence map without crashing."""
+    if family is Family.IPV6 and len(tokens) > 1 and {"srcip", "dstip"} & set(tokens):
+        return False
+    return _key_bytes(family, tokens) <= MAX_PERSISTENCE_KEY
+
+
+def sched_param_fits(family: Family, tokens: tuple[str, ...]) -> bool:
+    return family is Family.IPV4 or _key_bytes(family, tokens) <= MAX_IPV6_HASH_KEY
+
+
+def helper_fits(family: Family, protocol: Protocol, helper: Helper) -> bool:
+    return helper in HELPERS_BY_PROTOCOL[protocol] and not (
+        family is Family.IPV6 and helper in IPV4_ONLY_HELPERS
+    )
+
+
 #: Explicit per-farm backend marks come from 0x1..0xFFF (`nftlb-api.md` section 11).
 MAX_MARK = 0xFFF
 MAX_BACKENDS = MAX_MARK
@@ -93,10 +126,11 @@ def canonical_tokens(tokens: Iterable[str], order: Sequence[str]) -> tuple[str, 
 
 @frozen(order=True)
 class Address:
-    """One frontend: an nftlb address object on a farm.
+    """A farm's frontend: its ``virtual-addr``, ``virtual-ports``, ``protocol`` and ``family``.
 
-    Addresses are immutable in nftlb (an in-place change corrupts its rules), so the name is
-    derived from the content (see `names.address_name`) and a changed frontend is a new address.
+    nftlb names it ``<farm>-addr``. A farm has exactly one: nftlb 1.0.7 breaks farms with several
+    address objects on farm-level changes and deletes, and changing the farm's own virtual
+    address in place is clean (`nftlb-api.md` item 21).
     """
 
     name: str
@@ -189,11 +223,11 @@ def validate_farm(farm: Farm) -> list[str]:
     errors: list[str] = []
     if not NAME_RE.match(farm.name):
         errors.append(f"farm name {farm.name!r} is not 1-63 characters of [A-Za-z0-9._-]")
-    if not farm.addresses:
-        errors.append("a farm needs at least one address")
+    if len(farm.addresses) != 1:
+        errors.append("a farm has exactly one frontend (nftlb 1.0.7 mishandles several addresses)")
     for a in farm.addresses:
-        if not OBJECT_NAME_RE.match(a.name):
-            errors.append(f"address name {a.name!r} is not URL and nft safe")
+        if a.name != f"{farm.name}-addr":
+            errors.append(f"address name {a.name!r} is not the farm's own ({farm.name}-addr)")
         if _ip_family(a.ip) is not a.family or a.family is not farm.family:
             errors.append(f"address {a.name}: {a.ip!r} is not a canonical {farm.family} address")
         if not 1 <= a.port <= 65535:
@@ -236,8 +270,12 @@ def validate_farm(farm: Farm) -> list[str]:
         errors.append(f"persist-ttl {farm.persist_ttl} is not in 0-{MAX_PERSIST_TTL}")
     if not 0 <= farm.est_connlimit <= 1_000_000:
         errors.append(f"est-connlimit {farm.est_connlimit} is not in 0-1000000")
-    if farm.helper not in HELPERS_BY_PROTOCOL[farm.protocol]:
-        errors.append(f"helper {farm.helper} does not fit protocol {farm.protocol}")
+    if not helper_fits(farm.family, farm.protocol, farm.helper):
+        errors.append(f"helper {farm.helper} does not fit {farm.protocol} over {farm.family}")
+    if farm.persistence and not persistence_fits(farm.family, farm.persistence):
+        errors.append(f"persistence {' '.join(farm.persistence)} makes a key nftlb cannot build")
+    if farm.sched_param and not sched_param_fits(farm.family, farm.sched_param):
+        errors.append(f"sched-param {' '.join(farm.sched_param)} makes a key nftlb cannot build")
     return errors
 
 

@@ -1,11 +1,12 @@
 """Names of farms, addresses and backends: deterministic, unique, safe, and parseable back.
 
-A farm name is ``k8s.<namespace>.<service>.<port>.<protocol>.<v4|v6>[.ext]``:
+A farm name is ``k8s.<namespace>.<service>.<port>.<protocol>.<v4|v6>[.<frontend>]``:
 
 * ``<port>`` is the Service port's name, or its number when the port is unnamed (a port name
   always holds a letter, so the two never collide);
-* ``.ext`` marks the farm that carries a Service's external frontends when they need other
-  backends than the cluster IP (an externalTrafficPolicy or internalTrafficPolicy of Local).
+* one farm serves one frontend (nftlb 1.0.7 mishandles farms with several addresses): the
+  cluster IP's farm has no ``<frontend>`` segment; a node port's is ``n`` plus a short hash of the
+  node address, an external IP's ``x`` plus a hash of it, a load-balancer IP's ``l`` plus a hash.
 
 Kubernetes namespace, Service and port names hold no dots, so the segments split back
 unambiguously. A name longer than nftlb's safe 63 characters is cut and ends in ``.h`` plus a
@@ -24,8 +25,10 @@ from attrs import frozen
 from reconciler.farms import NAME_RE, Family, Protocol
 
 OWNED_PREFIX = "k8s."
-EXTERNAL_SCOPE = "ext"
 MAX_NAME = 63
+#: Frontend kinds and the letter their farm names carry.
+NODE_PORT, EXTERNAL_IP, LOAD_BALANCER = "n", "x", "l"
+_FRONTEND_RE = re.compile(r"^[nxl][a-z2-7]{6}$")
 _HASH_LEN = 11
 _SHORT_RE = re.compile(r"^k8s\.[A-Za-z0-9._-]*\.h[a-z2-7]{11}$")
 _SEGMENT_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
@@ -38,14 +41,19 @@ def _digest(text: str, length: int) -> str:
 
 @frozen(order=True)
 class FarmKey:
-    """What a farm is made from: one port of one Service, one family, one traffic scope."""
+    """What a farm is made from: one port of one Service, one family, one frontend."""
 
     namespace: str
     service: str
     port: str
     protocol: Protocol
     family: Family
-    external: bool = False
+    frontend: str = ""
+
+    @property
+    def external(self) -> bool:
+        """Node ports, external IPs and load-balancer IPs follow externalTrafficPolicy."""
+        return self.frontend != ""
 
     @property
     def full_name(self) -> str:
@@ -57,9 +65,14 @@ class FarmKey:
             self.protocol.value,
             self.family.short,
         ]
-        if self.external:
-            parts.append(EXTERNAL_SCOPE)
+        if self.frontend:
+            parts.append(self.frontend)
         return ".".join(parts)
+
+
+def frontend_segment(kind: str, ip: str) -> str:
+    """The name segment of a non-cluster-IP frontend: its kind and a hash of its address."""
+    return f"{kind}{_digest(ip, 6)}"
 
 
 def port_segment(port_name: str, port_number: int) -> str:
@@ -82,14 +95,14 @@ def parse_farm_name(name: str) -> FarmKey | None:
     _, namespace, service, port, protocol, family, *scope = parts
     if not all(_SEGMENT_RE.match(p) for p in (namespace, service, port)):
         return None
-    if scope and scope != [EXTERNAL_SCOPE]:
+    if scope and not _FRONTEND_RE.match(scope[0]):
         return None
     try:
         proto = Protocol(protocol)
         fam = {"v4": Family.IPV4, "v6": Family.IPV6}[family]
     except (ValueError, KeyError):
         return None
-    key = FarmKey(namespace, service, port, proto, fam, bool(scope))
+    key = FarmKey(namespace, service, port, proto, fam, scope[0] if scope else "")
     return key if farm_name(key) == name else None
 
 
@@ -102,9 +115,9 @@ def is_owned(name: str) -> bool:
     return bool(NAME_RE.match(name)) and (parse_farm_name(name) is not None or is_shortened(name))
 
 
-def address_name(farm: str, family: Family, ip: str, protocol: Protocol, port: int) -> str:
-    """Named by content, because nftlb corrupts its rules when an address changes in place."""
-    return f"{farm}-a{_digest(f'{family}|{ip}|{protocol}|{port}', 10)}"
+def address_name(farm: str) -> str:
+    """nftlb's name for the address a farm's ``virtual-addr`` makes (its only one)."""
+    return f"{farm}-addr"
 
 
 def backend_name(ip: str, port: int) -> str:

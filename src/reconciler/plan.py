@@ -12,21 +12,19 @@ from typing import Any
 
 from attrs import frozen
 
-from reconciler.farms import Address, Backend, Farm
+from reconciler.farms import Backend, Farm
 
 
 class OpKind(StrEnum):
     """Operation kinds, in the order a plan applies them.
 
-    Frees come first, so a (protocol, address, port) a new farm needs is never held twice;
+    Deletes come first, so a (protocol, address, port) a new farm needs is never held twice;
     backends are upserted before surplus ones are deleted, so a farm never drops to zero.
     """
 
     DELETE_FARM = "delete-farm"
-    DELETE_ADDRESS = "delete-address"
     CREATE_FARM = "create-farm"
     UPDATE_FARM = "update-farm"
-    ADD_ADDRESSES = "add-addresses"
     UPSERT_BACKENDS = "upsert-backends"
     DELETE_BACKEND = "delete-backend"
 
@@ -54,8 +52,8 @@ class Operation:
     """One step of a plan, addressed to one farm.
 
     `farm` is the desired farm for creates and updates (the body is built from it), `fields` the
-    farm-level fields to send for an update, `addresses`/`backends` the objects to send, and
-    `target` the address or backend name for deletes.
+    farm-level fields to send for an update (``addresses`` meaning the farm's virtual address
+    and port), `backends` the backends to send, and `target` the backend name for deletes.
     """
 
     kind: OpKind
@@ -63,7 +61,6 @@ class Operation:
     changes: tuple[Change, ...] = ()
     farm: Farm | None = None
     fields: tuple[str, ...] = ()
-    addresses: tuple[Address, ...] = ()
     backends: tuple[Backend, ...] = ()
     target: str = ""
 

@@ -47,7 +47,9 @@ def wait_until(cond: Callable[[], Any], timeout: float = 20.0, what: str = "cond
 class Agent:
     """One `kube-nftlb run` process, its log file and its health port."""
 
-    def __init__(self, workdir: Path, fake: FakeApiServer, daemon: NftlbDaemon, key_file: Path | None = None) -> None:
+    def __init__(
+        self, workdir: Path, fake: FakeApiServer, daemon: NftlbDaemon, key_file: Path | None = None
+    ) -> None:
         self.workdir, self.fake, self.daemon = workdir, fake, daemon
         self.kubeconfig = workdir / "kubeconfig"
         self.kubeconfig.write_text(
@@ -76,7 +78,9 @@ class Agent:
         command += ["--watch-timeout", "5s", "--watch-stall-timeout", "3s"]
         command += ["--metrics-address", f"127.0.0.1:{self.port}", "--log-level", "debug"]
         with log.open("wb") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ})
+            self.process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ}
+            )
 
     def stop(self) -> int:
         assert self.process is not None
@@ -128,17 +132,25 @@ def agent(tmp_path: Path, fake: FakeApiServer, clean_daemon: NftlbDaemon) -> Ite
         if a.process is not None:
             assert a.stop() == 0, "the agent did not stop cleanly on SIGTERM"
         for log in a.logs:
-            assert clean_daemon.key not in log.read_text(errors="replace"), "the nftlb key leaked into the logs"
+            assert clean_daemon.key not in log.read_text(errors="replace"), (
+                "the nftlb key leaked into the logs"
+            )
 
 
 def web_slice(*ips: str) -> dict[str, Any]:
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
-        "metadata": {"name": "web-abc12", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+        "metadata": {
+            "name": "web-abc12",
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "web"},
+        },
         "addressType": "IPv4",
         "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
-        "endpoints": [{"addresses": [ip], "conditions": {"ready": True}, "nodeName": "node-1"} for ip in ips],
+        "endpoints": [
+            {"addresses": [ip], "conditions": {"ready": True}, "nodeName": "node-1"} for ip in ips
+        ],
     }
 
 
@@ -148,20 +160,32 @@ def backends(agent: Agent, farm: str) -> list[str] | None:
 
 
 def test_service_lifecycle_reaches_nftlb_and_the_kernel(agent: Agent, fake: FakeApiServer) -> None:
-    wait_until(lambda: backends(agent, WEB) == ["10.244.1.11", "10.244.1.12", "10.244.2.13"], what="web programmed")
+    wait_until(
+        lambda: backends(agent, WEB) == ["10.244.1.11", "10.244.1.12", "10.244.2.13"],
+        what="web programmed",
+    )
     farms = agent.farms()
-    assert "k8s.staging.web.http.tcp.v4" in farms, "same-named Services in two namespaces get two farms"
+    assert "k8s.staging.web.http.tcp.v4" in farms, (
+        "same-named Services in two namespaces get two farms"
+    )
     assert [a.ip for a in farms["k8s.staging.web.http.tcp.v4"].addresses] == ["10.96.0.21"]
     wait_until(lambda: agent.http("/readyz")[0] == 200, what="ready")
 
     fake.apply(web_slice("10.244.1.11", "10.244.1.12", "10.244.2.13", "10.244.2.14"))
-    wait_until(lambda: backends(agent, WEB) == ["10.244.1.11", "10.244.1.12", "10.244.2.13", "10.244.2.14"], what="scale up")
+    wait_until(
+        lambda: (
+            backends(agent, WEB) == ["10.244.1.11", "10.244.1.12", "10.244.2.13", "10.244.2.14"]
+        ),
+        what="scale up",
+    )
     fake.apply(web_slice("10.244.2.14"))
     wait_until(lambda: backends(agent, WEB) == ["10.244.2.14"], what="scale down")
 
     svc = fake.get("Service", "default", "web")
     assert svc is not None
-    svc["metadata"].setdefault("annotations", {})["service.kubernetes.io/kube-nftlb-load-balancer-scheduler"] = "weight"
+    svc["metadata"].setdefault("annotations", {})[
+        "service.kubernetes.io/kube-nftlb-load-balancer-scheduler"
+    ] = "weight"
     fake.apply(svc)
     wait_until(lambda: agent.farms()[WEB].scheduler.value == "weight", what="annotation applied")
     ops = [o for o in agent.events("nftlb.operation") if o["farm"] == WEB]
@@ -177,23 +201,36 @@ def test_service_lifecycle_reaches_nftlb_and_the_kernel(agent: Agent, fake: Fake
     assert status == 200 and "kube_nftlb_sync_duration_seconds_bucket" in metrics
 
 
-def test_bad_annotation_gives_an_event_and_a_log_line_while_others_are_served(agent: Agent, fake: FakeApiServer) -> None:
+def test_bad_annotation_gives_an_event_and_a_log_line_while_others_are_served(
+    agent: Agent, fake: FakeApiServer
+) -> None:
     wait_until(lambda: "k8s.default.legacy.http.tcp.v4" in agent.farms(), what="legacy served")
     events = wait_until(
-        lambda: [e for e in fake.objects("Event", "default") if e["involvedObject"]["name"] == "legacy"], what="event"
+        lambda: [
+            e for e in fake.objects("Event", "default") if e["involvedObject"]["name"] == "legacy"
+        ],
+        what="event",
     )
     assert events[0]["type"] == "Warning" and events[0]["reason"] == "InvalidAnnotation"
     assert "roundrobin" in events[0]["message"] and "rr" in events[0]["message"]
     lines = [x for x in agent.events("service.problem") if x["service"] == "default/legacy"]
     assert len(lines) == 1 and lines[0]["value"] == "roundrobin"
     time.sleep(2.5)  # at least one more full resync: no second Event
-    assert len([e for e in fake.objects("Event", "default") if e["involvedObject"]["name"] == "legacy"]) == 1
+    assert (
+        len(
+            [e for e in fake.objects("Event", "default") if e["involvedObject"]["name"] == "legacy"]
+        )
+        == 1
+    )
 
 
 def test_dropped_watch_and_stalled_stream_with_expired_history_leave_nothing_stale(
     agent: Agent, fake: FakeApiServer
 ) -> None:
-    wait_until(lambda: WEB in agent.farms() and "k8s.default.cart.http.tcp.v4" in agent.farms(), what="programmed")
+    wait_until(
+        lambda: WEB in agent.farms() and "k8s.default.cart.http.tcp.v4" in agent.farms(),
+        what="programmed",
+    )
     fake.drop_watches()
     fake.apply(web_slice("10.244.9.9"))
     wait_until(lambda: backends(agent, WEB) == ["10.244.9.9"], what="change after a dropped watch")
@@ -202,7 +239,11 @@ def test_dropped_watch_and_stalled_stream_with_expired_history_leave_nothing_sta
     fake.delete("Service", "default", "cart")
     fake.apply(web_slice("10.244.9.10"))
     fake.expire_history()
-    wait_until(lambda: "k8s.default.cart.http.tcp.v4" not in agent.farms(), timeout=30, what="deleted during outage")
+    wait_until(
+        lambda: "k8s.default.cart.http.tcp.v4" not in agent.farms(),
+        timeout=30,
+        what="deleted during outage",
+    )
     wait_until(lambda: backends(agent, WEB) == ["10.244.9.10"], what="changed during outage")
     reasons = {x["reason"] for x in agent.events("watch.restart")}
     assert {"disconnected", "stalled", "expired"} <= reasons
@@ -219,11 +260,17 @@ def test_nftlb_restart_is_repaired(agent: Agent) -> None:
 
 
 def test_reconciler_restart_sends_zero_writes(agent: Agent) -> None:
-    wait_until(lambda: [x for x in agent.events("sync.done") if x["kind"] == "full" and x["ok"]], what="first sync")
+    wait_until(
+        lambda: [x for x in agent.events("sync.done") if x["kind"] == "full" and x["ok"]],
+        what="first sync",
+    )
     wait_until(lambda: WEB in agent.farms(), what="programmed")
     assert agent.stop() == 0
     agent.start()
-    wait_until(lambda: [x for x in agent.events("sync.done") if x["kind"] == "full"], what="first sync after restart")
+    wait_until(
+        lambda: [x for x in agent.events("sync.done") if x["kind"] == "full"],
+        what="first sync after restart",
+    )
     first = next(x for x in agent.events("sync.done") if x["kind"] == "full")
     assert first["ok"] and first["requests"] == 0 and first["operations"] == 0
     assert agent.events("nftlb.operation") == []

@@ -12,18 +12,33 @@ from reconciler.desired import desired_farms
 from reconciler.endpoints import select_endpoints
 from reconciler.farms import validate_farms
 from reconciler.kube import parse_objects
-from reconciler.names import FarmKey, farm_name, parse_farm_name, port_segment
+from reconciler.names import (
+    EXTERNAL_IP,
+    LOAD_BALANCER,
+    NODE_PORT,
+    FarmKey,
+    farm_name,
+    frontend_segment,
+    parse_farm_name,
+    port_segment,
+)
 from tests.property.strategies import cluster_and_node
 
 
-def _keys_of(state: Any, ns: str, name: str) -> dict[str, FarmKey]:
+def _keys_of(state: Any, ns: str, name: str, node: str) -> dict[str, FarmKey]:
     """Every farm name the Service could produce, mapped to its key (for cut names too)."""
     svc = state.services[(ns, name)]
     out = {}
     for port in svc.ports:
         for family in svc.ip_families or ():
-            for external in (False, True):
-                k = FarmKey(ns, name, port_segment(port.name, port.port), port.protocol, family, external)
+            segments = [""]
+            if node in state.nodes:
+                segments += [frontend_segment(NODE_PORT, ip) for ip in state.nodes[node].ips(family)]
+            segments += [frontend_segment(EXTERNAL_IP, ip) for ip in svc.external_ips]
+            segments += [frontend_segment(LOAD_BALANCER, ip) for ip in svc.load_balancer_ips]
+            for segment in segments:
+                seg = port_segment(port.name, port.port)
+                k = FarmKey(ns, name, seg, port.protocol, family, segment)
                 out[farm_name(k)] = k
     return out
 
@@ -50,12 +65,19 @@ def test_names_parse_back_to_their_source(data: tuple[list[Any], str]) -> None:
         ns, name = owners[farm.name]
         key = parse_farm_name(farm.name)
         if key is not None:
-            assert (key.namespace, key.service, key.family, key.protocol) == (ns, name, farm.family, farm.protocol)
-        assert farm.name in _keys_of(state, ns, name)
+            assert (key.namespace, key.service, key.family, key.protocol) == (
+                ns,
+                name,
+                farm.family,
+                farm.protocol,
+            )
+        assert farm.name in _keys_of(state, ns, name, node)
 
 
 @given(cluster_and_node(), st.randoms(use_true_random=False))
-def test_output_does_not_depend_on_input_order(data: tuple[list[Any], str], rnd: random.Random) -> None:
+def test_output_does_not_depend_on_input_order(
+    data: tuple[list[Any], str], rnd: random.Random
+) -> None:
     objs, node = data
     shuffled = list(objs)
     rnd.shuffle(shuffled)
@@ -66,16 +88,24 @@ def test_output_does_not_depend_on_input_order(data: tuple[list[Any], str], rnd:
 
 
 @given(cluster_and_node())
-def test_every_selected_endpoint_is_a_backend_of_the_right_farm_and_no_other(data: tuple[list[Any], str]) -> None:
+def test_every_selected_endpoint_is_a_backend_of_the_right_farm_and_no_other(
+    data: tuple[list[Any], str],
+) -> None:
     objs, node = data
     state, _ = parse_objects(objs)
     desired = desired_farms(state, node)
     owners = desired.owner_map()
     for farm in desired.farms:
         svc = state.services[owners[farm.name]]
-        key = _keys_of(state, svc.namespace, svc.name)[farm.name]
-        port = next(p for p in svc.ports if port_segment(p.name, p.port) == key.port and p.protocol is key.protocol)
-        local = (svc.external_traffic_policy if key.external else svc.internal_traffic_policy) == "Local"
+        key = _keys_of(state, svc.namespace, svc.name, node)[farm.name]
+        port = next(
+            p
+            for p in svc.ports
+            if port_segment(p.name, p.port) == key.port and p.protocol is key.protocol
+        )
+        local = (
+            svc.external_traffic_policy if key.external else svc.internal_traffic_policy
+        ) == "Local"
         targets = select_endpoints(svc, port, state.slices_for(svc), farm.family, node, local)
         got = {(b.ip, b.port) for b in farm.backends}
         assert got == {(t.ip, t.port) for t in targets}

@@ -7,6 +7,7 @@ from reconciler.desired import desired_farms
 from reconciler.farms import Helper, Mode, Scheduler
 from reconciler.kube import parse_objects
 from reconciler.manifests import load_paths
+from reconciler.names import LOAD_BALANCER, NODE_PORT, frontend_segment
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -67,9 +68,15 @@ def test_headless_external_name_and_other_proxies_are_skipped() -> None:
     assert [k for k in out if k != "_problems"] == []
 
 
-def test_nodeport_adds_this_nodes_addresses() -> None:
-    farm = farms(svc(type="NodePort", ports=[{"name": "http", "port": 80, "nodePort": 30080}]))["k8s.default.web.http.tcp.v4"]
-    assert sorted((a.ip, a.port) for a in farm.addresses) == [("10.96.0.1", 80), ("192.168.1.1", 30080)]
+def frontends(out: dict[str, Any]) -> dict[str, tuple[str, int]]:
+    return {name: (f.addresses[0].ip, f.addresses[0].port) for name, f in out.items() if name != "_problems"}
+
+
+def test_each_frontend_gets_a_farm_of_its_own() -> None:
+    out = farms(svc(type="NodePort", ports=[{"name": "http", "port": 80, "nodePort": 30080}]))
+    np = "k8s.default.web.http.tcp.v4." + frontend_segment(NODE_PORT, "192.168.1.1")
+    assert frontends(out) == {"k8s.default.web.http.tcp.v4": ("10.96.0.1", 80), np: ("192.168.1.1", 30080)}
+    assert all(len(f.addresses) == 1 for n, f in out.items() if n != "_problems")
 
 
 def test_external_traffic_policy_local_splits_external_frontends_onto_local_endpoints() -> None:
@@ -78,12 +85,15 @@ def test_external_traffic_policy_local_splits_external_frontends_onto_local_endp
             status={"loadBalancer": {"ingress": [{"ip": "203.0.113.1"}]}}),
         eps("web", "default", "10.1.0.1", "10.1.0.2", nodes=("n1", "n2")),
     )
-    main, ext = out["k8s.default.web.http.tcp.v4"], out["k8s.default.web.http.tcp.v4.ext"]
-    assert [a.ip for a in main.addresses] == ["10.96.0.1"]
-    assert sorted(a.ip for a in ext.addresses) == ["192.168.1.1", "203.0.113.1"]
+    main = out["k8s.default.web.http.tcp.v4"]
+    node_port = out["k8s.default.web.http.tcp.v4." + frontend_segment(NODE_PORT, "192.168.1.1")]
+    lb = out["k8s.default.web.http.tcp.v4." + frontend_segment(LOAD_BALANCER, "203.0.113.1")]
     assert [b.ip for b in main.backends] == ["10.1.0.1", "10.1.0.2"]
-    assert [b.ip for b in ext.backends] == ["10.1.0.1"]
-    assert ext.mode is Mode.DNAT and main.mode is Mode.SNAT
+    for ext in (node_port, lb):
+        assert [b.ip for b in ext.backends] == ["10.1.0.1"]
+        assert ext.mode is Mode.DNAT
+    assert main.mode is Mode.SNAT
+    assert lb.addresses[0].ip == "203.0.113.1" and node_port.addresses[0].port == 30080
 
 
 def test_same_name_in_two_namespaces_gets_two_farms() -> None:
@@ -96,8 +106,7 @@ def test_conflict_goes_to_the_oldest_service_and_the_loser_is_told() -> None:
         svc("new", ip="10.96.0.9", externalIPs=["10.96.0.7"], created="2026-02-01T00:00:00Z"),
         svc("old", ip="10.96.0.7", created="2026-01-01T00:00:00Z"),
     )
-    assert [a.ip for a in out["k8s.default.old.http.tcp.v4"].addresses] == ["10.96.0.7"]
-    assert [a.ip for a in out["k8s.default.new.http.tcp.v4"].addresses] == ["10.96.0.9"]
+    assert frontends(out) == {"k8s.default.old.http.tcp.v4": ("10.96.0.7", 80), "k8s.default.new.http.tcp.v4": ("10.96.0.9", 80)}
     (problem,) = [p for p in out["_problems"] if p.reason == "AddressConflict"]
     assert problem.ref.name == "new" and "default/old" in problem.message
 
@@ -136,7 +145,8 @@ def test_examples_render_every_kind_of_service() -> None:
         "k8s.default.web.http.tcp.v4",
         "k8s.staging.web.http.tcp.v4",
         "k8s.default.shop.http.tcp.v4",
-        "k8s.ingress.ingress.http.tcp.v4.ext",
+        "k8s.ingress.ingress.http.tcp.v4." + frontend_segment(LOAD_BALANCER, "203.0.113.10"),
+        "k8s.ingress.ingress.https.tcp.v4." + frontend_segment(NODE_PORT, "192.168.10.11"),
         "k8s.default.api.grpc.tcp.v6",
         "k8s.kube-system.kube-dns.dns.udp.v4",
         "k8s.kube-system.kube-dns.dns-tcp.tcp.v4",
@@ -147,3 +157,16 @@ def test_examples_render_every_kind_of_service() -> None:
     assert not any("db" in n for n in names)
     assert [p.ref.name for p in desired.problems] == ["legacy"]
     assert problems == []
+
+
+def test_settings_nftlb_cannot_build_for_ipv6_fall_back_with_a_problem() -> None:
+    ann = {
+        "service.kubernetes.io/kube-nftlb-load-balancer-persistence": "srcip srcport",
+        "service.kubernetes.io/kube-nftlb-load-balancer-helper": "pptp",
+    }
+    out = farms(svc(annotations=ann, ipFamilies=["IPv4", "IPv6"], clusterIPs=["10.96.0.1", "fd00::1"], ports=[{"name": "http", "port": 80}]))
+    v4, v6 = out["k8s.default.web.http.tcp.v4"], out["k8s.default.web.http.tcp.v6"]
+    assert v4.persistence == ("srcip", "srcport") and v4.helper is Helper.PPTP
+    assert v6.persistence == () and v6.helper is Helper.NONE
+    keys = sorted(p.key for p in out["_problems"] if p.reason == "InvalidAnnotation")
+    assert keys == ["helper", "persistence"]

@@ -12,7 +12,7 @@ def farm(name: str = "k8s.default.web.http.tcp.v4", ip: str = "10.96.0.1", n: in
         name=name,
         family=Family.IPV4,
         protocol=Protocol.TCP,
-        addresses=(Address(f"{name}-a{ip}", Family.IPV4, ip, 80, Protocol.TCP),),
+        addresses=(Address(f"{name}-addr", Family.IPV4, ip, 80, Protocol.TCP),),
         backends=tuple(Backend(f"b-10.1.0.{i}-8080", f"10.1.0.{i}", 8080) for i in range(1, n + 1)),
     )
 
@@ -65,11 +65,18 @@ def test_replaced_endpoint_goes_in_before_the_old_one_goes_out() -> None:
     assert plan.operations[1].target == "b-10.1.0.2-8080"
 
 
-def test_changed_frontend_is_a_new_address_and_the_old_one_detached() -> None:
+def test_changed_frontend_is_one_in_place_update_of_the_virtual_address() -> None:
     have = applied(farm(ip="10.96.0.1"))
     want = farm(ip="10.96.0.2")
-    kinds = [op.kind for op in diff([want], [have])]
-    assert kinds == [OpKind.DELETE_ADDRESS, OpKind.ADD_ADDRESSES]
+    (op,) = diff([want], [have]).operations
+    assert op.kind is OpKind.UPDATE_FARM and op.fields == ("addresses",)
+    assert [(c.path, c.old, c.new) for c in op.changes] == [("virtual-addr", "10.96.0.1:80", "10.96.0.2:80")]
+
+
+def test_unreadable_owned_farm_is_deleted_and_created_again() -> None:
+    f = farm()
+    plan = diff([f], [], broken=[f.name, "foreign-farm"])
+    assert [(op.kind, op.farm_name) for op in plan] == [(OpKind.DELETE_FARM, f.name), (OpKind.CREATE_FARM, f.name)]
 
 
 def test_frontend_moving_to_a_new_farm_is_freed_first() -> None:

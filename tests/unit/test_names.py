@@ -4,7 +4,11 @@ import pytest
 
 from reconciler.farms import NAME_RE, Family, Protocol
 from reconciler.names import (
+    EXTERNAL_IP,
+    LOAD_BALANCER,
+    NODE_PORT,
     FarmKey,
+    frontend_segment,
     address_name,
     backend_name,
     farm_name,
@@ -28,10 +32,22 @@ def test_short_key_gives_readable_name_that_parses_back() -> None:
     assert parse_farm_name("k8s.default.web.http.tcp.v4") == k
 
 
-def test_external_scope_and_ipv6_and_unnamed_port() -> None:
-    k = key(port="53", protocol=Protocol.UDP, family=Family.IPV6, external=True)
-    assert farm_name(k) == "k8s.default.web.53.udp.v6.ext"
+def test_frontend_segment_and_ipv6_and_unnamed_port() -> None:
+    segment = frontend_segment(NODE_PORT, "fd00::1")
+    assert segment.startswith("n") and len(segment) == 7
+    k = key(port="53", protocol=Protocol.UDP, family=Family.IPV6, frontend=segment)
+    assert farm_name(k) == f"k8s.default.web.53.udp.v6.{segment}"
     assert parse_farm_name(farm_name(k)) == k
+    assert k.external and not key().external
+
+
+def test_each_frontend_gets_its_own_name() -> None:
+    names = {
+        farm_name(key(frontend=frontend_segment(kind, ip)))
+        for kind in (NODE_PORT, EXTERNAL_IP, LOAD_BALANCER)
+        for ip in ("10.0.0.1", "10.0.0.2")
+    }
+    assert len(names) == 6
 
 
 def test_same_service_name_in_two_namespaces_gives_two_names() -> None:
@@ -53,17 +69,15 @@ def test_long_names_are_cut_with_a_hash_and_stay_unique() -> None:
 @pytest.mark.parametrize(
     "name",
     ["web", "k8s", "k8s.default.web.http.tcp", "k8s.default.web.http.xdp.v4", "k8s.Default.web.http.tcp.v4",
-     "k8s.default.web.http.tcp.v4.int", "kube.default.web.http.tcp.v4", "", "k8s..web.http.tcp.v4"],
+     "k8s.default.web.http.tcp.v4.int", "k8s.default.web.http.tcp.v4.ext", "kube.default.web.http.tcp.v4", "",
+     "k8s..web.http.tcp.v4"],
 )
 def test_foreign_names_are_not_owned(name: str) -> None:
     assert not is_owned(name)
 
 
-def test_address_names_follow_content() -> None:
-    a = address_name("k8s.default.web.http.tcp.v4", Family.IPV4, "10.0.0.1", Protocol.TCP, 80)
-    b = address_name("k8s.default.web.http.tcp.v4", Family.IPV4, "10.0.0.1", Protocol.TCP, 81)
-    assert a != b
-    assert a.startswith("k8s.default.web.http.tcp.v4-a")
+def test_address_name_is_nftlbs_own_for_the_farm() -> None:
+    assert address_name("k8s.default.web.http.tcp.v4") == "k8s.default.web.http.tcp.v4-addr"
 
 
 def test_backend_names_are_unique_per_ip_and_port_and_url_safe() -> None:
