@@ -344,7 +344,14 @@ class Controller:
         self.metrics.nftlb_bytes.inc(sent)
         failures = tuple(applied.failures) if applied else ()
         for failure in failures:
-            self.log.error("nftlb.farm_failed", farm=getattr(failure, "farm", ""), error=str(failure))
+            self.log.error(
+                "nftlb.farm_failed",
+                farm=failure.farm,
+                op=failure.kind.value,
+                status=failure.status,
+                error=failure.message,
+                request=failure.request,
+            )
         if failures:
             self.request_full_sync()
         self._report(desired)
@@ -356,7 +363,7 @@ class Controller:
             bytes_sent=sent,
             desired=len(desired.farms),
             problems=len(desired.problems),
-            error="; ".join(str(f) for f in failures),
+            error="; ".join(f"{f.farm}: {f.message}" for f in failures),
         )
 
     def _report(self, desired: Desired) -> None:

@@ -194,3 +194,24 @@ def test_no_sync_before_caches_have_listed() -> None:
     w.slices.has_synced = False
     assert not w.controller.synced
     assert w.controller._wait_for_work() is None
+
+
+def test_a_farm_nftlb_refuses_is_logged_while_the_others_land() -> None:
+    w = World()
+    handler = w.model.as_handler()
+
+    def refusing(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and b"k8s.default.bad." in request.content:
+            return httpx.Response(400, content=b'{"response": "error parsing buffer"}')
+        return handler(request)
+
+    w.client = NftlbClient("http://nftlb", "k", transport=httpx.MockTransport(refusing))
+    w.controller.nftlb = w.client
+    w.put_service(service("bad", ip="10.96.0.9"))
+    w.put_service(service("good", ip="10.96.0.8"))
+    result = w.controller.sync_full()
+    assert not result.ok and "k8s.default.bad.http.tcp.v4" in result.error
+    assert "k8s.default.good.http.tcp.v4" in w.farms()
+    (line,) = [x for x in w.logs() if x["event"] == "nftlb.farm_failed"]
+    assert line["farm"] == "k8s.default.bad.http.tcp.v4" and line["status"] == 400
+    assert w.controller._full_needed
