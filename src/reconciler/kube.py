@@ -1,0 +1,974 @@
+"""Frozen snapshots of the Kubernetes objects the reconciler reads, parsed from the API's JSON.
+
+The input is the camelCase JSON the API serves (list items, watch `raw_object`s, manifest files).
+Parsing never raises on cluster input: a field of the wrong type is dropped (or defaulted) and an
+object that cannot be identified is skipped, each with a `Problem`, so that one bad object never
+hides the others. IP strings are kept in canonical text (`ipaddress`), so that "FD00::1" and
+"fd00::1" are one address; an IP that does not parse is left out with a problem.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeGuard, TypeVar
+
+from attrs import field, frozen
+
+from reconciler.farms import Family, Protocol
+from reconciler.problems import ObjectRef, Problem
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
+
+SERVICE_TYPES: tuple[str, ...] = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
+SESSION_AFFINITIES: tuple[str, ...] = ("None", "ClientIP")
+TRAFFIC_POLICIES: tuple[str, ...] = ("Cluster", "Local")
+ADDRESS_TYPES: tuple[str, ...] = ("IPv4", "IPv6", "FQDN")
+#: Node address types whose address is an IP (the others, Hostname and *DNS, are names).
+NODE_IP_TYPES: tuple[str, ...] = ("InternalIP", "ExternalIP")
+#: clusterIP values that mean "no virtual IP": headless ("None") or not allocated ("").
+NO_CLUSTER_IP: tuple[str, ...] = ("None", "")
+
+_ADDRESS_TYPE_FAMILY = {"IPv4": Family.IPV4, "IPv6": Family.IPV6}
+_MAX_SHOWN = 100
+
+# Kubernetes name rules (apimachinery validation): checked so that farm names derived from them
+# are safe and so that an object the API server would refuse cannot reach nftlb from a manifest.
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def is_dns1123_label(s: str) -> bool:
+    """A namespace name: at most 63 of [a-z0-9-], alphanumeric at both ends."""
+    return len(s) <= 63 and _DNS1123_LABEL.fullmatch(s) is not None
+
+
+def is_dns1035_label(s: str) -> bool:
+    """A Service name: a DNS-1123 label that starts with a letter."""
+    return len(s) <= 63 and _DNS1035_LABEL.fullmatch(s) is not None
+
+
+def is_dns1123_subdomain(s: str) -> bool:
+    """An EndpointSlice or Node name: dot-separated labels, at most 253 characters."""
+    return len(s) <= 253 and _DNS1123_SUBDOMAIN.fullmatch(s) is not None
+
+
+def canonical_ip(text: str) -> tuple[str, Family] | None:
+    """The canonical text and family of an IP, or None when it is not a plain IP address.
+
+    Scoped IPv6 addresses ("fe80::1%eth0") are refused: no frontend or backend can use them.
+    """
+    try:
+        parsed = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.scope_id is not None:
+        return None
+    return str(parsed), Family.IPV4 if parsed.version == 4 else Family.IPV6
+
+
+def ip_sort_key(ip: str) -> tuple[int, int]:
+    """Numeric order for canonical IP text (IPv4 before IPv6); unparseable text sorts first."""
+    try:
+        parsed = ipaddress.ip_address(ip)
+    except ValueError:
+        return (0, 0)
+    return (parsed.version, int(parsed))
+
+
+def _sorted_pairs(pairs: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(pairs))
+
+
+# -- snapshots -------------------------------------------------------------------------------------
+
+
+@frozen(order=True)
+class TargetRef:
+    """What an endpoint points at (usually a Pod); used for backend names and Events."""
+
+    kind: str
+    namespace: str
+    name: str
+    uid: str
+
+
+@frozen
+class ServicePort:
+    """One entry of spec.ports. `name` is "" for the single unnamed port."""
+
+    name: str
+    protocol: Protocol
+    port: int
+    target_port: int | str | None = None
+    node_port: int | None = None
+
+
+@frozen
+class Service:
+    """A Service as far as a proxy cares.
+
+    `cluster_ips` keeps "None" (headless) and "" (not allocated) as given, so `is_headless`
+    can tell; every other entry is a canonical IP.
+    """
+
+    namespace: str
+    name: str
+    uid: str = ""
+    resource_version: str = ""
+    type: str = "ClusterIP"
+    cluster_ips: tuple[str, ...] = ()
+    ip_families: tuple[Family, ...] = ()
+    ports: tuple[ServicePort, ...] = ()
+    external_ips: tuple[str, ...] = ()
+    load_balancer_ips: tuple[str, ...] = ()
+    session_affinity: str = "None"
+    affinity_timeout: int | None = None
+    external_traffic_policy: str = "Cluster"
+    internal_traffic_policy: str = "Cluster"
+    labels: tuple[tuple[str, str], ...] = field(default=(), converter=_sorted_pairs)
+    annotations: tuple[tuple[str, str], ...] = field(default=(), converter=_sorted_pairs)
+    creation_timestamp: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @property
+    def is_headless(self) -> bool:
+        """True when there is no virtual IP to program: headless, unallocated or absent."""
+        return not self.cluster_ips or self.cluster_ips[0] in NO_CLUSTER_IP
+
+    def cluster_ip(self, family: Family) -> str | None:
+        """The cluster IP of that family, or None (headless, or single-stack in the other)."""
+        for ip in self.cluster_ips:
+            parsed = canonical_ip(ip)
+            if parsed is not None and parsed[1] is family:
+                return parsed[0]
+        return None
+
+    def label(self, key: str) -> str | None:
+        return _lookup(self.labels, key)
+
+    def annotation(self, key: str) -> str | None:
+        return _lookup(self.annotations, key)
+
+
+@frozen
+class Endpoint:
+    """One endpoint of a slice, with the API's nil rules for conditions already applied."""
+
+    addresses: tuple[str, ...]
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+    node_name: str = ""
+    zone: str = ""
+    target_ref: TargetRef | None = None
+
+
+@frozen
+class EndpointPort:
+    """A slice port; `port` None means the API left it unset (the slice is unusable for it)."""
+
+    name: str
+    protocol: Protocol
+    port: int | None
+
+
+@frozen
+class EndpointSlice:
+    namespace: str
+    name: str
+    resource_version: str
+    service_name: str
+    address_type: str
+    endpoints: tuple[Endpoint, ...] = ()
+    ports: tuple[EndpointPort, ...] = ()
+    trigger_time: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @property
+    def service_key(self) -> tuple[str, str]:
+        return (self.namespace, self.service_name)
+
+
+@frozen
+class NodeAddress:
+    type: str
+    address: str
+
+
+@frozen
+class Node:
+    name: str
+    resource_version: str = ""
+    addresses: tuple[NodeAddress, ...] = ()
+
+    def ips(self, family: Family) -> tuple[str, ...]:
+        """InternalIP and ExternalIP addresses of that family: canonical, unique, sorted."""
+        found = set()
+        for a in self.addresses:
+            if a.type in NODE_IP_TYPES:
+                parsed = canonical_ip(a.address)
+                if parsed is not None and parsed[1] is family:
+                    found.add(parsed[0])
+        return tuple(sorted(found, key=ip_sort_key))
+
+
+def _dict_field(value: Mapping[Any, Any]) -> dict[Any, Any]:
+    """A private sorted copy, so the snapshot cannot change behind the caller's back."""
+    return dict(sorted(value.items()))
+
+
+@frozen
+class ClusterState:
+    """Everything the desired farms are computed from, as one immutable snapshot.
+
+    Mappings iterate in key order, so anything computed from them is deterministic.
+    """
+
+    services: Mapping[tuple[str, str], Service] = field(factory=dict, converter=_dict_field)
+    slices: Mapping[tuple[str, str], tuple[EndpointSlice, ...]] = field(
+        factory=dict, converter=_dict_field
+    )
+    nodes: Mapping[str, Node] = field(factory=dict, converter=_dict_field)
+
+    @classmethod
+    def build(
+        cls,
+        services: Iterable[Service],
+        slices: Iterable[EndpointSlice],
+        nodes: Iterable[Node],
+    ) -> ClusterState:
+        """Index the objects; a later object with the same key replaces an earlier one.
+
+        Slices are grouped by (namespace, service name) and sorted by name.
+        """
+        by_key = {s.key: s for s in services}
+        slice_by_key = {s.key: s for s in slices}
+        grouped: dict[tuple[str, str], list[EndpointSlice]] = {}
+        for s in sorted(slice_by_key.values(), key=lambda s: s.name):
+            grouped.setdefault(s.service_key, []).append(s)
+        return cls(
+            services=by_key,
+            slices={k: tuple(v) for k, v in grouped.items()},
+            nodes={n.name: n for n in nodes},
+        )
+
+    def slices_for(self, service: Service) -> tuple[EndpointSlice, ...]:
+        return self.slices.get(service.key, ())
+
+
+def _lookup(pairs: tuple[tuple[str, str], ...], key: str) -> str | None:
+    for k, v in pairs:
+        if k == key:
+            return v
+    return None
+
+
+# -- reading JSON without trusting it --------------------------------------------------------------
+
+
+def _show(value: object) -> str:
+    """A value for a problem message: short, whatever its type."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 1] + "…"
+
+
+def _quote(value: object) -> str:
+    """A value for a message: strings quoted, anything else as its repr, short either way."""
+    return repr(_show(value)) if isinstance(value, str) else _show(value)
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_port(value: object) -> TypeGuard[int]:
+    return _is_int(value) and 1 <= value <= 65535
+
+
+def _type_name(value: object) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+_T = TypeVar("_T")
+
+
+class _Reader:
+    """Reads one object's fields, turning every surprise into a Problem about that object."""
+
+    def __init__(self, ref: ObjectRef) -> None:
+        self.ref = ref
+        self.problems: list[Problem] = []
+
+    def problem(
+        self,
+        reason: str,
+        message: str,
+        *,
+        key: str = "",
+        value: object = "",
+        allowed: tuple[str, ...] = (),
+    ) -> None:
+        self.problems.append(
+            Problem(self.ref, reason, message, key=key, value=_show(value), allowed=allowed)
+        )
+
+    def wrong_type(self, path: str, value: object, expected: str) -> None:
+        self.problem(
+            "InvalidField",
+            f"{path} is {_type_name(value)} ({_show(value)}), not {expected}; ignored",
+            key=path,
+            value=value,
+        )
+
+    def mapping(self, obj: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
+        """obj[key] as an object; empty when absent or null, or (with a problem) not an object."""
+        value = obj.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.wrong_type(path, value, "an object")
+            return {}
+        return value
+
+    def items(self, obj: Mapping[str, Any], key: str, path: str) -> Sequence[Any]:
+        """obj[key] as a list; empty when absent or null, or (with a problem) not a list."""
+        value = obj.get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, list | tuple):
+            self.wrong_type(path, value, "a list")
+            return ()
+        return value
+
+    def string(self, obj: Mapping[str, Any], key: str, path: str, default: str = "") -> str:
+        value = obj.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            self.wrong_type(path, value, "a string")
+            return default
+        return value
+
+    def choice(
+        self,
+        obj: Mapping[str, Any],
+        key: str,
+        path: str,
+        allowed: tuple[str, ...],
+        default: str,
+        aliases: Mapping[str, str] | None = None,
+    ) -> str:
+        """One of `allowed` (or an alias of one); the default, with a problem, otherwise."""
+        value = obj.get(key)
+        if value is None or value == "":
+            return default
+        if isinstance(value, str):
+            if value in allowed:
+                return value
+            if aliases and value in aliases:
+                return aliases[value]
+        self.problem(
+            "InvalidField",
+            f"{path} {_quote(value)} is not one of {', '.join(allowed)}; using {default}",
+            key=path,
+            value=value,
+            allowed=allowed,
+        )
+        return default
+
+    def flag(self, obj: Mapping[str, Any], key: str, path: str) -> bool | None:
+        """A boolean, or None when absent, null or (with a problem) not a boolean."""
+        value = obj.get(key)
+        if value is None or isinstance(value, bool):
+            return value
+        self.wrong_type(path, value, "a boolean")
+        return None
+
+    def string_pairs(self, obj: Mapping[str, Any], key: str, path: str) -> list[tuple[str, str]]:
+        """A string-to-string map (labels, annotations); other entries dropped with a problem."""
+        pairs = []
+        for k, v in self.mapping(obj, key, path).items():
+            if isinstance(k, str) and isinstance(v, str):
+                pairs.append((k, v))
+            else:
+                self.wrong_type(f"{path}[{_show(k)}]", v, "a string")
+        return pairs
+
+    def ip(self, value: object, path: str, family: Family | None = None) -> str | None:
+        """Canonical text of an IP (of `family` when given), or None with a problem."""
+        parsed = canonical_ip(value) if isinstance(value, str) else None
+        if parsed is None:
+            self.problem(
+                "InvalidIP",
+                f"{path} {_quote(value)} is not an IP address; ignored",
+                key=path,
+                value=value,
+            )
+            return None
+        if family is not None and parsed[1] is not family:
+            self.problem(
+                "InvalidIP",
+                f"{path} {_quote(value)} is not an {family} address; ignored",
+                key=path,
+                value=value,
+            )
+            return None
+        return parsed[0]
+
+    def ips(self, values: Iterable[object], path: str) -> tuple[str, ...]:
+        """Canonical IPs, in the given order, without duplicates; junk dropped with problems."""
+        out: dict[str, None] = {}
+        for i, value in enumerate(values):
+            ip = self.ip(value, f"{path}[{i}]")
+            if ip is not None:
+                out[ip] = None
+        return tuple(out)
+
+    def protocol(self, obj: Mapping[str, Any], path: str) -> Protocol | None:
+        """TCP when absent; None (with a problem) when unknown, so the caller drops the port."""
+        value = obj.get("protocol")
+        if value is None:
+            return Protocol.TCP
+        if isinstance(value, str):
+            try:
+                return Protocol(value.lower())
+            except ValueError:
+                pass
+        allowed = tuple(p.name for p in Protocol)
+        self.problem(
+            "UnknownProtocol",
+            f"{path}.protocol {_quote(value)} is not one of {', '.join(allowed)}; port ignored",
+            key=f"{path}.protocol",
+            value=value,
+            allowed=allowed,
+        )
+        return None
+
+
+def _best_ref(obj: object, kind: str, namespaced: bool = True) -> ObjectRef:
+    """As much of the object's identity as can be read, for a problem about it."""
+    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+    if not isinstance(meta, Mapping):
+        return ObjectRef(kind, "", "")
+    ns = meta.get("namespace")
+    name = meta.get("name")
+    return ObjectRef(
+        kind,
+        _show(ns) if namespaced and isinstance(ns, str) else "",
+        _show(name) if isinstance(name, str) else "",
+    )
+
+
+def _identify(
+    obj: object,
+    kind: str,
+    name_ok: Callable[[str], bool],
+    name_rule: str,
+    namespaced: bool,
+) -> tuple[_Reader, Mapping[str, Any], Mapping[str, Any]] | Problem:
+    """A reader for an object with a valid name (and namespace), or the problem why not.
+
+    A missing or empty namespace means "default", as kubectl applies a manifest without one.
+    """
+    ref = _best_ref(obj, kind, namespaced)
+    if not isinstance(obj, Mapping):
+        return Problem(ref, "InvalidObject", f"a {kind} must be an object, not {_type_name(obj)}")
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping):
+        return Problem(ref, "InvalidObject", f"{kind} without metadata; skipped")
+    name = meta.get("name")
+    if not isinstance(name, str) or not name_ok(name):
+        return Problem(
+            ref,
+            "InvalidObject",
+            f"{kind} metadata.name {_quote(name)} is not {name_rule}; skipped",
+            key="metadata.name",
+            value=_show(name),
+        )
+    namespace = ""
+    if namespaced:
+        ns = meta.get("namespace")
+        namespace = "default" if ns is None or ns == "" else ns
+        if not isinstance(namespace, str) or not is_dns1123_label(namespace):
+            return Problem(
+                ref,
+                "InvalidObject",
+                f"{kind} metadata.namespace {_quote(ns)} is not a DNS-1123 label; skipped",
+                key="metadata.namespace",
+                value=_show(ns),
+            )
+    return _Reader(ObjectRef(kind, namespace, name)), obj, meta
+
+
+# -- Service ---------------------------------------------------------------------------------------
+
+
+def parse_service(obj: Mapping[str, Any]) -> tuple[Service | None, list[Problem]]:
+    """A Service snapshot, or None when it has no valid namespace and name."""
+    ident = _identify(obj, "Service", is_dns1035_label, "a DNS-1035 label", namespaced=True)
+    if isinstance(ident, Problem):
+        return None, [ident]
+    r, obj, meta = ident
+    spec = r.mapping(obj, "spec", "spec")
+    status = r.mapping(obj, "status", "status")
+
+    cluster_ips = _cluster_ips(r, spec)
+    families = _ip_families(r, spec, cluster_ips)
+    ports = tuple(
+        p
+        for i, raw in enumerate(r.items(spec, "ports", "spec.ports"))
+        if (p := _service_port(r, raw, f"spec.ports[{i}]")) is not None
+    )
+    lb = r.mapping(status, "loadBalancer", "status.loadBalancer")
+    lb_ips = []
+    for i, ingress in enumerate(r.items(lb, "ingress", "status.loadBalancer.ingress")):
+        if not isinstance(ingress, Mapping):
+            r.wrong_type(f"status.loadBalancer.ingress[{i}]", ingress, "an object")
+        elif ingress.get("ip") is not None:  # hostname-only entries carry no IP to program
+            lb_ips.append(ingress["ip"])
+    affinity_config = r.mapping(spec, "sessionAffinityConfig", "spec.sessionAffinityConfig")
+    client_ip = r.mapping(affinity_config, "clientIP", "spec.sessionAffinityConfig.clientIP")
+    timeout = client_ip.get("timeoutSeconds")
+    if timeout is not None and not _is_int(timeout):
+        r.wrong_type("spec.sessionAffinityConfig.clientIP.timeoutSeconds", timeout, "an integer")
+        timeout = None
+
+    service = Service(
+        namespace=r.ref.namespace,
+        name=r.ref.name,
+        uid=r.string(meta, "uid", "metadata.uid"),
+        resource_version=r.string(meta, "resourceVersion", "metadata.resourceVersion"),
+        type=r.choice(spec, "type", "spec.type", SERVICE_TYPES, "ClusterIP"),
+        cluster_ips=cluster_ips,
+        ip_families=families,
+        ports=ports,
+        external_ips=r.ips(r.items(spec, "externalIPs", "spec.externalIPs"), "spec.externalIPs"),
+        load_balancer_ips=r.ips(lb_ips, "status.loadBalancer.ingress.ip"),
+        session_affinity=r.choice(
+            spec, "sessionAffinity", "spec.sessionAffinity", SESSION_AFFINITIES, "None"
+        ),
+        affinity_timeout=timeout,
+        external_traffic_policy=r.choice(
+            spec,
+            "externalTrafficPolicy",
+            "spec.externalTrafficPolicy",
+            TRAFFIC_POLICIES,
+            "Cluster",
+            aliases={"Global": "Cluster"},  # the pre-1.24 spelling of Cluster
+        ),
+        internal_traffic_policy=r.choice(
+            spec, "internalTrafficPolicy", "spec.internalTrafficPolicy", TRAFFIC_POLICIES, "Cluster"
+        ),
+        labels=r.string_pairs(meta, "labels", "metadata.labels"),
+        annotations=r.string_pairs(meta, "annotations", "metadata.annotations"),
+        creation_timestamp=r.string(meta, "creationTimestamp", "metadata.creationTimestamp"),
+    )
+    return service, r.problems
+
+
+def _cluster_ips(r: _Reader, spec: Mapping[str, Any]) -> tuple[str, ...]:
+    """spec.clusterIPs, else [spec.clusterIP]; "None" and "" kept, other entries canonical."""
+    raw: Sequence[Any] = r.items(spec, "clusterIPs", "spec.clusterIPs")
+    path = "spec.clusterIPs"
+    if not raw:
+        single = spec.get("clusterIP")
+        raw, path = ([] if single is None else [single]), "spec.clusterIP"
+    out: dict[str, None] = {}
+    for i, value in enumerate(raw):
+        where = path if path == "spec.clusterIP" else f"{path}[{i}]"
+        if value in NO_CLUSTER_IP:
+            out[value] = None
+        elif (ip := r.ip(value, where)) is not None:
+            out[ip] = None
+    return tuple(out)
+
+
+def _ip_families(
+    r: _Reader, spec: Mapping[str, Any], cluster_ips: tuple[str, ...]
+) -> tuple[Family, ...]:
+    """spec.ipFamilies, else the families of the cluster IPs, in order, without duplicates."""
+    out: dict[Family, None] = {}
+    by_name = {"ipv4": Family.IPV4, "ipv6": Family.IPV6}
+    for i, value in enumerate(r.items(spec, "ipFamilies", "spec.ipFamilies")):
+        family = by_name.get(value.lower()) if isinstance(value, str) else None
+        if family is None:
+            r.problem(
+                "InvalidField",
+                f"spec.ipFamilies[{i}] {_quote(value)} is not IPv4 or IPv6; ignored",
+                key=f"spec.ipFamilies[{i}]",
+                value=value,
+                allowed=("IPv4", "IPv6"),
+            )
+        else:
+            out[family] = None
+    if not out:
+        for ip in cluster_ips:
+            parsed = canonical_ip(ip)
+            if parsed is not None:
+                out[parsed[1]] = None
+    return tuple(out)
+
+
+def _service_port(r: _Reader, raw: object, path: str) -> ServicePort | None:
+    if not isinstance(raw, Mapping):
+        r.problem("InvalidPort", f"{path} is {_type_name(raw)}, not an object; ignored", key=path)
+        return None
+    name = raw.get("name")
+    if name is None:
+        name = ""
+    if not isinstance(name, str):
+        r.problem(
+            "InvalidPort",
+            f"{path}.name {_quote(name)} is not a string; port ignored",
+            key=f"{path}.name",
+            value=name,
+        )
+        return None
+    protocol = r.protocol(raw, path)
+    if protocol is None:
+        return None
+    port = raw.get("port")
+    if not _is_port(port):
+        r.problem(
+            "InvalidPort",
+            f"{path}.port {_quote(port)} is not an integer in 1-65535; port ignored",
+            key=f"{path}.port",
+            value=port,
+            allowed=("1-65535",),
+        )
+        return None
+    target = raw.get("targetPort")
+    if target is not None and not _is_port(target) and not (isinstance(target, str) and target):
+        r.problem(
+            "InvalidPort",
+            f"{path}.targetPort {_quote(target)} is neither a port number nor a name; ignored",
+            key=f"{path}.targetPort",
+            value=target,
+        )
+        target = None
+    node_port = raw.get("nodePort")
+    if node_port is not None and not _is_port(node_port):
+        r.problem(
+            "InvalidPort",
+            f"{path}.nodePort {_quote(node_port)} is not an integer in 1-65535; ignored",
+            key=f"{path}.nodePort",
+            value=node_port,
+            allowed=("1-65535",),
+        )
+        node_port = None
+    return ServicePort(name, protocol, port, target, node_port)
+
+
+# -- EndpointSlice ---------------------------------------------------------------------------------
+
+
+def parse_endpoint_slice(obj: Mapping[str, Any]) -> tuple[EndpointSlice | None, list[Problem]]:
+    """An EndpointSlice snapshot, or None when it cannot be tied to a Service or read at all."""
+    ident = _identify(
+        obj, "EndpointSlice", is_dns1123_subdomain, "a DNS-1123 subdomain", namespaced=True
+    )
+    if isinstance(ident, Problem):
+        return None, [ident]
+    r, obj, meta = ident
+    labels = dict(r.string_pairs(meta, "labels", "metadata.labels"))
+    service_name = labels.get(SERVICE_NAME_LABEL)
+    if service_name is None or not is_dns1035_label(service_name):
+        what = "no" if service_name is None else f"an invalid ({_quote(service_name)})"
+        r.problem(
+            "MissingServiceName",
+            f"EndpointSlice has {what} {SERVICE_NAME_LABEL} label; skipped",
+            key=f"metadata.labels[{SERVICE_NAME_LABEL}]",
+            value="" if service_name is None else service_name,
+        )
+        return None, r.problems
+    address_type = obj.get("addressType")
+    if address_type not in ADDRESS_TYPES:
+        r.problem(
+            "InvalidAddressType",
+            f"addressType {_quote(address_type)} is not one of {', '.join(ADDRESS_TYPES)}; skipped",
+            key="addressType",
+            value=address_type,
+            allowed=ADDRESS_TYPES,
+        )
+        return None, r.problems
+    family = _ADDRESS_TYPE_FAMILY.get(address_type)
+    endpoints = tuple(
+        e
+        for i, raw in enumerate(r.items(obj, "endpoints", "endpoints"))
+        if (e := _endpoint(r, raw, f"endpoints[{i}]", family)) is not None
+    )
+    ports = tuple(
+        p
+        for i, raw in enumerate(r.items(obj, "ports", "ports"))
+        if (p := _endpoint_port(r, raw, f"ports[{i}]")) is not None
+    )
+    annotations = dict(r.string_pairs(meta, "annotations", "metadata.annotations"))
+    return (
+        EndpointSlice(
+            namespace=r.ref.namespace,
+            name=r.ref.name,
+            resource_version=r.string(meta, "resourceVersion", "metadata.resourceVersion"),
+            service_name=service_name,
+            address_type=address_type,
+            endpoints=endpoints,
+            ports=ports,
+            trigger_time=annotations.get(TRIGGER_TIME_ANNOTATION, ""),
+        ),
+        r.problems,
+    )
+
+
+def _endpoint(r: _Reader, raw: object, path: str, family: Family | None) -> Endpoint | None:
+    """One endpoint; FQDN addresses (family None) are kept verbatim, IPs made canonical."""
+    if not isinstance(raw, Mapping):
+        r.problem(
+            "InvalidEndpoint", f"{path} is {_type_name(raw)}, not an object; ignored", key=path
+        )
+        return None
+    before = len(r.problems)
+    addresses: dict[str, None] = {}
+    for i, value in enumerate(r.items(raw, "addresses", f"{path}.addresses")):
+        where = f"{path}.addresses[{i}]"
+        if family is None:
+            if isinstance(value, str) and value:
+                addresses[value] = None
+            else:
+                r.wrong_type(where, value, "a name")
+        elif (ip := r.ip(value, where, family)) is not None:
+            addresses[ip] = None
+    if not addresses:
+        if len(r.problems) == before:
+            r.problem("InvalidEndpoint", f"{path} has no address; ignored", key=f"{path}.addresses")
+        return None
+    conditions = r.mapping(raw, "conditions", f"{path}.conditions")
+    ready = r.flag(conditions, "ready", f"{path}.conditions.ready")
+    serving = r.flag(conditions, "serving", f"{path}.conditions.serving")
+    terminating = r.flag(conditions, "terminating", f"{path}.conditions.terminating")
+    ready = True if ready is None else ready  # the API: nil means ready (unknown state)
+    ref_raw = r.mapping(raw, "targetRef", f"{path}.targetRef")
+    target_ref = None
+    if ref_raw:
+        target_ref = TargetRef(
+            kind=r.string(ref_raw, "kind", f"{path}.targetRef.kind"),
+            namespace=r.string(ref_raw, "namespace", f"{path}.targetRef.namespace"),
+            name=r.string(ref_raw, "name", f"{path}.targetRef.name"),
+            uid=r.string(ref_raw, "uid", f"{path}.targetRef.uid"),
+        )
+    return Endpoint(
+        addresses=tuple(addresses),
+        ready=ready,
+        serving=ready if serving is None else serving,  # the API: nil serving follows ready
+        terminating=False if terminating is None else terminating,
+        node_name=r.string(raw, "nodeName", f"{path}.nodeName"),
+        zone=r.string(raw, "zone", f"{path}.zone"),
+        target_ref=target_ref,
+    )
+
+
+def _endpoint_port(r: _Reader, raw: object, path: str) -> EndpointPort | None:
+    if not isinstance(raw, Mapping):
+        r.problem("InvalidPort", f"{path} is {_type_name(raw)}, not an object; ignored", key=path)
+        return None
+    name = raw.get("name")
+    if name is None:
+        name = ""
+    if not isinstance(name, str):
+        r.problem(
+            "InvalidPort",
+            f"{path}.name {_quote(name)} is not a string; port ignored",
+            key=f"{path}.name",
+            value=name,
+        )
+        return None
+    protocol = r.protocol(raw, path)
+    if protocol is None:
+        return None
+    port = raw.get("port")
+    if port is not None and not _is_port(port):
+        r.problem(
+            "InvalidPort",
+            f"{path}.port {_quote(port)} is not an integer in 1-65535; its number is ignored",
+            key=f"{path}.port",
+            value=port,
+            allowed=("1-65535",),
+        )
+        port = None
+    return EndpointPort(name, protocol, port)
+
+
+# -- Node ------------------------------------------------------------------------------------------
+
+
+def parse_node(obj: Mapping[str, Any]) -> tuple[Node | None, list[Problem]]:
+    """A Node snapshot (its addresses); None when it has no valid name."""
+    ident = _identify(obj, "Node", is_dns1123_subdomain, "a DNS-1123 subdomain", namespaced=False)
+    if isinstance(ident, Problem):
+        return None, [ident]
+    r, obj, meta = ident
+    status = r.mapping(obj, "status", "status")
+    addresses = []
+    for i, raw in enumerate(r.items(status, "addresses", "status.addresses")):
+        path = f"status.addresses[{i}]"
+        if not isinstance(raw, Mapping):
+            r.wrong_type(path, raw, "an object")
+            continue
+        kind, value = raw.get("type"), raw.get("address")
+        if not isinstance(kind, str) or not kind:
+            r.wrong_type(f"{path}.type", kind, "an address type")
+        elif kind in NODE_IP_TYPES:
+            if (ip := r.ip(value, f"{path}.address")) is not None:
+                addresses.append(NodeAddress(kind, ip))
+        elif isinstance(value, str):
+            addresses.append(NodeAddress(kind, value))
+        else:
+            r.wrong_type(f"{path}.address", value, "a string")
+    node = Node(
+        name=r.ref.name,
+        resource_version=r.string(meta, "resourceVersion", "metadata.resourceVersion"),
+        addresses=tuple(addresses),
+    )
+    return node, r.problems
+
+
+# -- a bag of objects ------------------------------------------------------------------------------
+
+_Parser = Callable[[Mapping[str, Any]], tuple[Any, list[Problem]]]
+#: kind -> (apiVersion, parser). Only these kinds matter; every other kind is ignored.
+_KINDS: dict[str, tuple[str, _Parser]] = {
+    "Service": ("v1", parse_service),
+    "EndpointSlice": ("discovery.k8s.io/v1", parse_endpoint_slice),
+    "Node": ("v1", parse_node),
+}
+_MAX_LIST_DEPTH = 8
+
+
+def _group(api_version: str) -> str:
+    return api_version.rpartition("/")[0]
+
+
+def parse_objects(objs: Iterable[Any]) -> tuple[ClusterState, list[Problem]]:
+    """A ClusterState from a bag of API objects (manifests, `kubectl get -o json`, lists).
+
+    Objects are dispatched by kind and apiVersion; `*List` kinds are expanded, their items
+    inheriting the element kind and apiVersion when they carry none (as API list responses
+    serve them). Other kinds are ignored; a same-named kind of another API group (a Knative
+    Service) is another kind. The result does not depend on the order of `objs`: when a key
+    occurs twice the object with the highest resourceVersion wins, and problems come sorted.
+    """
+    parsed: dict[str, list[Any]] = {kind: [] for kind in _KINDS}
+    problems: list[Problem] = []
+
+    def dispatch(obj: object, kind_hint: str | None, api_hint: str | None, depth: int) -> None:
+        if not isinstance(obj, Mapping):
+            problems.append(
+                Problem(
+                    ObjectRef(kind_hint or "", "", ""),
+                    "InvalidObject",
+                    f"an API object must be an object, not {_type_name(obj)} ({_show(obj)})",
+                )
+            )
+            return
+        kind = obj.get("kind")
+        kind = kind_hint if kind is None else kind
+        api = obj.get("apiVersion")
+        api = api_hint if api is None else api
+        if not isinstance(kind, str) or not kind:
+            problems.append(
+                Problem(
+                    _best_ref(obj, ""),
+                    "InvalidObject",
+                    f"object without a kind ({_show(kind)}); skipped",
+                    key="kind",
+                    value=_show(kind),
+                )
+            )
+            return
+        if kind.endswith("List"):
+            element = kind.removesuffix("List")
+            items = obj.get("items")
+            if element and element not in _KINDS:
+                return
+            if not isinstance(items, list | tuple) or depth >= _MAX_LIST_DEPTH:
+                why = "nested too deep" if depth >= _MAX_LIST_DEPTH else "without a list of items"
+                problems.append(
+                    Problem(ObjectRef(kind, "", ""), "InvalidObject", f"{kind} {why}; skipped")
+                )
+                return
+            for item in items:
+                # A typed list's items inherit its kind and version; a plain List's do not.
+                dispatch(item, element or None, api if element else None, depth + 1)
+            return
+        if kind not in _KINDS:
+            return
+        expected, parser = _KINDS[kind]
+        if api is not None and api != expected:
+            if isinstance(api, str) and _group(api) != _group(expected):
+                return
+            problems.append(
+                Problem(
+                    _best_ref(obj, kind, kind != "Node"),
+                    "UnsupportedApiVersion",
+                    f"{kind} apiVersion {_quote(api)} is not {expected}; skipped",
+                    key="apiVersion",
+                    value=_show(api),
+                    allowed=(expected,),
+                )
+            )
+            return
+        value, found = parser(obj)
+        problems.extend(found)
+        if value is not None:
+            parsed[kind].append(value)
+
+    # One object, or junk, instead of a collection of objects: take it as the only object.
+    single = isinstance(objs, Mapping | str | bytes) or not isinstance(objs, Iterable)
+    for obj in [objs] if single else objs:
+        dispatch(obj, None, None, 0)
+
+    services = _newest_last(parsed["Service"], "Service", problems)
+    slices = _newest_last(parsed["EndpointSlice"], "EndpointSlice", problems)
+    nodes = _newest_last(parsed["Node"], "Node", problems)
+    return ClusterState.build(services, slices, nodes), sorted(problems)
+
+
+def _newest_last(objs: list[_T], kind: str, problems: list[Problem]) -> list[_T]:
+    """The objects ordered so that, per key, the highest resourceVersion comes last.
+
+    Equal versions are ordered by content, so the outcome never depends on input order.
+    A key given more than once with different content is reported once.
+    """
+
+    def key(o: Any) -> tuple[str, str]:
+        return ("", o.name) if kind == "Node" else o.key
+
+    def rank(o: Any) -> tuple[Any, ...]:
+        rv: str = o.resource_version
+        return (key(o), rv.isascii() and rv.isdigit(), len(rv), rv, repr(o))
+
+    ordered = sorted(objs, key=rank)
+    variants: dict[tuple[str, str], set[Any]] = {}
+    for o in ordered:
+        variants.setdefault(key(o), set()).add(o)
+    for (ns, name), found in variants.items():
+        if len(found) > 1:
+            problems.append(
+                Problem(
+                    ObjectRef(kind, ns, name),
+                    "DuplicateObject",
+                    f"{kind} {ns + '/' if ns else ''}{name} is given in {len(found)} different "
+                    "versions; the one with the highest resourceVersion is used",
+                )
+            )
+    return ordered
