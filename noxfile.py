@@ -51,3 +51,23 @@ def e2e(session: nox.Session) -> None:
         *session.posargs,
         external=True,
     )
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks (root): the real nftlb in a private network namespace, the fake API server and
+    the real `kube-nftlb run` process. Timings are reported, never asserted. `-- --quick` for a
+    short run; see docs/benchmarks.md."""
+    if os.geteuid() != 0:
+        session.error("the benchmarks need root (they run nftlb in a private network namespace)")
+    session.run(
+        "unshare",
+        "-n",
+        "env",
+        "KUBE_NFTLB_BENCH_NETNS=1",
+        "python",
+        "-m",
+        "benchmarks.run",
+        *session.posargs,
+        external=True,
+    )

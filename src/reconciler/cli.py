@@ -259,12 +259,14 @@ def _add_run(sub: Any) -> None:
     a(
         "--min-sync-interval",
         default=env("KUBE_NFTLB_MIN_SYNC_INTERVAL", "50ms"),
-        help="least time between syncs once a burst of 5 is used (env KUBE_NFTLB_MIN_SYNC_INTERVAL)",
+        help="least time between syncs once a burst of 5 is used "
+        "(env KUBE_NFTLB_MIN_SYNC_INTERVAL)",
     )
     a(
         "--metrics-address",
         default=env("KUBE_NFTLB_METRICS_ADDRESS", "127.0.0.1:9195"),
-        help="host:port for /metrics, /healthz, /readyz (env KUBE_NFTLB_METRICS_ADDRESS; empty: off)",
+        help="host:port for /metrics, /healthz, /readyz "
+        "(env KUBE_NFTLB_METRICS_ADDRESS; empty: off)",
     )
     a(
         "--log-format",
@@ -281,12 +283,14 @@ def _add_run(sub: Any) -> None:
     a(
         "--proxy-name",
         default=env("KUBE_NFTLB_PROXY_NAME", ""),
-        help="serve Services labelled service.kubernetes.io/service-proxy-name=NAME (env KUBE_NFTLB_PROXY_NAME)",
+        help="serve Services labelled service.kubernetes.io/service-proxy-name=NAME "
+        "(env KUBE_NFTLB_PROXY_NAME)",
     )
     a(
         "--watch-timeout",
         default=env("KUBE_NFTLB_WATCH_TIMEOUT", "5m"),
-        help="server-side watch timeout; each watch picks 80-100%% of it (env KUBE_NFTLB_WATCH_TIMEOUT)",
+        help="server-side watch timeout; each watch picks 80-100%% of it "
+        "(env KUBE_NFTLB_WATCH_TIMEOUT)",
     )
     a(
         "--watch-stall-timeout",
@@ -346,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", choices=("text", "json"), default="text")
     d.set_defaults(func=cmd_diff)
     _add_run(sub)
-    demo = sub.add_parser("demo", help="the whole loop on the built-in example cluster (root; about 20 s)")
+    demo = sub.add_parser(
+        "demo", help="the whole loop on the built-in example cluster (root; about 20 s)"
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -113,7 +113,13 @@ class Controller:
         events: EventRecorder | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.settings, self.nftlb, self.metrics, self.log, self.events = settings, nftlb, metrics, log, events
+        self.settings, self.nftlb, self.metrics, self.log, self.events = (
+            settings,
+            nftlb,
+            metrics,
+            log,
+            events,
+        )
         self._caches = {"services": services, "endpointslices": slices, "nodes": nodes}
         self._clock = clock
         self._cond = threading.Condition()
@@ -152,9 +158,13 @@ class Controller:
     def on_slice(self, old: EndpointSlice | None, new: EndpointSlice | None) -> None:
         with self._cond:
             if old is not None:
-                self._slices.get((old.namespace, old.service_name), {}).pop((old.namespace, old.name), None)
+                self._slices.get((old.namespace, old.service_name), {}).pop(
+                    (old.namespace, old.name), None
+                )
             if new is not None:
-                self._slices.setdefault((new.namespace, new.service_name), {})[(new.namespace, new.name)] = new
+                self._slices.setdefault((new.namespace, new.service_name), {})[
+                    (new.namespace, new.name)
+                ] = new
         if _same(old, new):
             return
         keys = {(s.namespace, s.service_name) for s in (old, new) if s is not None}
@@ -216,7 +226,10 @@ class Controller:
                 self._failures = 0
             else:
                 self._failures += 1
-                delay = min(self.settings.backoff_max, self.settings.backoff_initial * 2 ** (self._failures - 1))
+                delay = min(
+                    self.settings.backoff_max,
+                    self.settings.backoff_initial * 2 ** (self._failures - 1),
+                )
                 self._stop.wait(delay)
 
     def _wait_for_work(self) -> str | None:
@@ -247,7 +260,9 @@ class Controller:
             self._services = {s.key: s for s in services}
             self._slices = {}
             for sl in slices:
-                self._slices.setdefault((sl.namespace, sl.service_name), {})[(sl.namespace, sl.name)] = sl
+                self._slices.setdefault((sl.namespace, sl.service_name), {})[
+                    (sl.namespace, sl.name)
+                ] = sl
             self._node = next((n for n in nodes if n.name == self.settings.node_name), None)
         return ClusterState.build(services, slices, nodes)
 
@@ -264,7 +279,8 @@ class Controller:
         s = self.settings
         if keys is None:
             self._requests = {
-                k: service_farms(svc, state, s.node_name, s.proxy_name) for k, svc in state.services.items()
+                k: service_farms(svc, state, s.node_name, s.proxy_name)
+                for k, svc in state.services.items()
             }
         else:
             for k in keys:
@@ -310,9 +326,14 @@ class Controller:
         state = self._state() if keys is None else self._state_for(keys)
         desired = self._recompute(state, keys)
         wanted = {f.name: f for f in desired.farms}
-        changed = {n for n in wanted.keys() | self._desired.keys() if wanted.get(n) != self._desired.get(n)}
-        changed |= {n for n in wanted.keys() ^ self._actual.keys()}
-        plan = diff([wanted[n] for n in changed if n in wanted], [self._actual[n] for n in changed if n in self._actual])
+        changed = {
+            n for n in wanted.keys() | self._desired.keys() if wanted.get(n) != self._desired.get(n)
+        }
+        changed |= wanted.keys() ^ self._actual.keys()
+        plan = diff(
+            [wanted[n] for n in changed if n in wanted],
+            [self._actual[n] for n in changed if n in self._actual],
+        )
         try:
             result = self._apply("partial", plan, desired)
         except NftlbError as e:
@@ -385,7 +406,9 @@ class Controller:
                 allowed=list(p.allowed) or None,
             )
 
-    def _done(self, result: SyncResult, started: float, triggers: dict[ServiceKey, float]) -> SyncResult:
+    def _done(
+        self, result: SyncResult, started: float, triggers: dict[ServiceKey, float]
+    ) -> SyncResult:
         duration = time.perf_counter() - started
         self.metrics.sync_duration.labels(kind=result.kind).observe(duration)
         if result.ok:
@@ -416,7 +439,11 @@ class Controller:
             self._full_needed = True
         self.metrics.sync_errors.labels(kind=kind).inc()
         self.metrics.nftlb_requests.labels(outcome="error").inc()
-        hint = "check --nftlb-key-file" if isinstance(error, NftlbUnauthorized) else "retrying with backoff"
+        hint = (
+            "check --nftlb-key-file"
+            if isinstance(error, NftlbUnauthorized)
+            else "retrying with backoff"
+        )
         self.log.error(
             "sync.failed",
             kind=kind,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import kubernetes
@@ -55,6 +55,12 @@ def _parser(
     return run
 
 
+def _service_key(key: Hashable) -> tuple[str, str]:
+    """The informer's default key is (namespace, name); the controller wants it typed."""
+    assert isinstance(key, tuple) and len(key) == 2
+    return (str(key[0]), str(key[1]))
+
+
 class Daemon:
     """The running agent: start(), wait(), stop()."""
 
@@ -91,7 +97,7 @@ class Daemon:
             "services",
             core.list_service_for_all_namespaces,
             parse=_parser(parse_service, self.log, "Service"),
-            on_event=lambda ev: self.controller.on_service(ev.key, ev.old, ev.new),
+            on_event=lambda ev: self.controller.on_service(_service_key(ev.key), ev.old, ev.new),
             on_restart=restarts("services"),
             **common,
         )

@@ -44,12 +44,18 @@ def _examples() -> Path:
 def preflight() -> None:
     if os.geteuid() != 0:
         raise DemoError(
-            "the demo needs root: it runs nftlb in a private network namespace. Run: sudo ./dev demo"
+            "the demo needs root: it runs nftlb in a private network namespace. "
+            "Run: sudo ./dev demo"
         )
-    missing = [p for p in (NFTLB, shutil.which("nft"), shutil.which("unshare")) if not p or not Path(p).exists()]
+    missing = [
+        p
+        for p in (NFTLB, shutil.which("nft"), shutil.which("unshare"))
+        if not p or not Path(p).exists()
+    ]
     if missing or not Path(NFTLB).exists():
         raise DemoError(
-            "the demo needs Debian's nftlb and nftables: apt-get install -y nftlb nftables iproute2 util-linux "
+            "the demo needs Debian's nftlb and nftables: "
+            "apt-get install -y nftlb nftables iproute2 util-linux "
             "(or run ./dev setup as root)"
         )
 
@@ -88,7 +94,9 @@ def _farm_rows(farms: dict[str, Farm]) -> None:
     for name, f in sorted(farms.items()):
         fronts = ", ".join(f"{a.ip}:{a.port}" for a in f.addresses)
         _say(f"  {name:<42} {f.scheduler.value:<7} {fronts}")
-        _say(f"  {'':<42} backends: {', '.join(f'{b.ip}:{b.port}' for b in f.backends) or '(none)'}")
+        _say(
+            f"  {'':<42} backends: {', '.join(f'{b.ip}:{b.port}' for b in f.backends) or '(none)'}"
+        )
 
 
 @contextmanager
@@ -98,7 +106,12 @@ def _nftlb(workdir: Path) -> Iterator[tuple[str, str]]:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     log = (workdir / "nftlb.log").open("wb")
     env = {**os.environ, "NFTLB_SERVER_KEY": key}
-    proc = subprocess.Popen([NFTLB, "-H", "127.0.0.1", "-P", str(port), "-L", "2", "-l", "3"], stdout=log, stderr=log, env=env)
+    proc = subprocess.Popen(
+        [NFTLB, "-H", "127.0.0.1", "-P", str(port), "-L", "2", "-l", "3"],
+        stdout=log,
+        stderr=log,
+        env=env,
+    )
     try:
         _wait(lambda: _connects(port), 10, "nftlb to listen")
         yield f"http://127.0.0.1:{port}", key
@@ -107,7 +120,9 @@ def _nftlb(workdir: Path) -> Iterator[tuple[str, str]]:
         proc.wait(timeout=10)
         log.close()
         for family in ("ip", "ip6"):
-            subprocess.run(["nft", "delete", "table", family, "nftlb"], capture_output=True, check=False)
+            subprocess.run(
+                ["nft", "delete", "table", family, "nftlb"], capture_output=True, check=False
+            )
 
 
 def _connects(port: int) -> bool:
@@ -142,14 +157,20 @@ class _LogTail:
         event = line.get("event")
         if event == "nftlb.operation":
             changes = "; ".join(_change(c) for c in line.get("changes", []) if c["path"] != "farm")
-            _say(f"  log: {event} {line['op']} {line['farm']} {line.get('target') or ''} {changes}".rstrip())
+            _say(
+                f"  log: {event} {line['op']} {line['farm']} "
+                f"{line.get('target') or ''} {changes}".rstrip()
+            )
         elif event == "sync.done" and line.get("operations"):
             _say(
                 f"  log: sync.done kind={line['kind']} operations={line['operations']} "
                 f"requests={line['requests']} duration_ms={line['duration_ms']}"
             )
         elif event in ("service.problem", "sync.failed"):
-            _say(f"  log: {event} {line.get('service', '')} {line.get('message') or line.get('error')}")
+            _say(
+                f"  log: {event} {line.get('service', '')} "
+                f"{line.get('message') or line.get('error')}"
+            )
 
 
 def _change(c: dict[str, Any]) -> str:
@@ -165,10 +186,16 @@ def _slice(ips: list[str]) -> dict[str, Any]:
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
-        "metadata": {"name": "web-abc12", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+        "metadata": {
+            "name": "web-abc12",
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "web"},
+        },
         "addressType": "IPv4",
         "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
-        "endpoints": [{"addresses": [ip], "conditions": {"ready": True}, "nodeName": "node-1"} for ip in ips],
+        "endpoints": [
+            {"addresses": [ip], "conditions": {"ready": True}, "nodeName": "node-1"} for ip in ips
+        ],
     }
 
 
@@ -178,7 +205,10 @@ def run_demo() -> int:
 
     started = time.monotonic()
     examples = _examples()
-    with tempfile.TemporaryDirectory(prefix="kube-nftlb-demo-") as tmp, _nftlb(Path(tmp)) as (url, key):
+    with (
+        tempfile.TemporaryDirectory(prefix="kube-nftlb-demo-") as tmp,
+        _nftlb(Path(tmp)) as (url, key),
+    ):
         workdir = Path(tmp)
         key_file = workdir / "key"
         key_file.write_text(key + "\n")
@@ -193,7 +223,9 @@ def run_demo() -> int:
                         "kind": "Config",
                         "clusters": [{"name": "demo", "cluster": {"server": fake.url}}],
                         "users": [{"name": "demo", "user": {}}],
-                        "contexts": [{"name": "demo", "context": {"cluster": "demo", "user": "demo"}}],
+                        "contexts": [
+                            {"name": "demo", "context": {"cluster": "demo", "user": "demo"}}
+                        ],
                         "current-context": "demo",
                     }
                 )
@@ -202,42 +234,74 @@ def run_demo() -> int:
             _say(f"  nftlb {url} in a private network namespace; fake API server {fake.url}")
             _say(f"  cluster: {examples} (node-1)")
             command = [sys.executable, "-m", "reconciler", "run", "--kubeconfig", str(kubeconfig)]
-            command += ["--nftlb-url", url, "--nftlb-key-file", str(key_file), "--node-name", "node-1"]
+            command += [
+                "--nftlb-url",
+                url,
+                "--nftlb-key-file",
+                str(key_file),
+                "--node-name",
+                "node-1",
+            ]
             command += ["--resync-period", "10s", "--metrics-address", ""]
-            agent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            agent = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
             tail = _LogTail(agent.stdout)
             client = NftlbClient(url, key)
             try:
-                _wait(lambda: any(x.get("event") == "sync.done" and x.get("ok") for x in tail.lines), 30, "the first sync")
+                _wait(
+                    lambda: any(x.get("event") == "sync.done" and x.get("ok") for x in tail.lines),
+                    30,
+                    "the first sync",
+                )
                 first = next(x for x in tail.lines if x.get("event") == "sync.done")
                 _title("1. the first full sync programmed every Service")
-                _say(f"  {first['operations']} operations in {first['requests']} requests, {first['duration_ms']} ms")
+                _say(
+                    f"  {first['operations']} operations in {first['requests']} requests, "
+                    f"{first['duration_ms']} ms"
+                )
                 _farm_rows(client.get_farms().by_name())
                 for x in tail.lines:
                     if x.get("event") == "service.problem":
                         _say(f"  problem: {x['service']}: {x['message']}")
                 _title("the kernel: nft list map ip nftlb nat-proto-services")
-                out = subprocess.run(["nft", "list", "map", "ip", "nftlb", "nat-proto-services"], capture_output=True, text=True)
+                out = subprocess.run(
+                    ["nft", "list", "map", "ip", "nftlb", "nat-proto-services"],
+                    capture_output=True,
+                    text=True,
+                )
                 _say("\n".join("  " + line for line in out.stdout.splitlines()))
                 tail.show = True
 
                 _title("2. scale the web deployment from 3 to 5 endpoints")
                 ips = ["10.244.1.11", "10.244.1.12", "10.244.2.13", "10.244.2.14", "10.244.2.15"]
                 fake.apply(_slice(ips))
-                _wait(lambda: len(client.get_farms().by_name()[WEB].backends) == 5, 15, "5 backends")
+                _wait(
+                    lambda: len(client.get_farms().by_name()[WEB].backends) == 5, 15, "5 backends"
+                )
                 _farm_rows({WEB: client.get_farms().by_name()[WEB]})
 
                 _title("3. annotate web: scheduler weight")
                 svc = fake.get("Service", "default", "web")
                 assert svc is not None
-                svc["metadata"].setdefault("annotations", {})["service.kubernetes.io/kube-nftlb-load-balancer-scheduler"] = "weight"
+                svc["metadata"].setdefault("annotations", {})[
+                    "service.kubernetes.io/kube-nftlb-load-balancer-scheduler"
+                ] = "weight"
                 fake.apply(svc)
-                _wait(lambda: client.get_farms().by_name()[WEB].scheduler.value == "weight", 15, "the new scheduler")
+                _wait(
+                    lambda: client.get_farms().by_name()[WEB].scheduler.value == "weight",
+                    15,
+                    "the new scheduler",
+                )
                 _farm_rows({WEB: client.get_farms().by_name()[WEB]})
 
                 _title("4. delete Service default/shop")
                 fake.delete("Service", "default", "shop")
-                _wait(lambda: "k8s.default.shop.http.tcp.v4" not in client.get_farms().by_name(), 15, "shop's farm to go")
+                _wait(
+                    lambda: "k8s.default.shop.http.tcp.v4" not in client.get_farms().by_name(),
+                    15,
+                    "shop's farm to go",
+                )
                 _say(f"  farms left: {len(client.get_farms().by_name())}; shop's is gone")
                 time.sleep(0.3)
             finally:
@@ -255,7 +319,9 @@ def main() -> int:
         if not in_private_netns() and os.environ.get("KUBE_NFTLB_DEMO_NETNS") != "1":
             # Re-run inside a private network namespace, so the host's nftables are never touched.
             env = {**os.environ, "KUBE_NFTLB_DEMO_NETNS": "1"}
-            return subprocess.run(["unshare", "-n", sys.executable, "-m", "reconciler", "demo"], env=env, check=False).returncode
+            return subprocess.run(
+                ["unshare", "-n", sys.executable, "-m", "reconciler", "demo"], env=env, check=False
+            ).returncode
         return run_demo()
     except DemoError as e:
         print(f"kube-nftlb demo: {e}", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 One farm per Service port, IP family and frontend (see `names.py`): the cluster IP, each node
 port on this node's addresses, each external IP and each load-balancer IP. nftlb 1.0.7 breaks
-farms that carry several address objects, so frontends never share a farm. A Service with no usable endpoints still gets its farm, with no backends: its addresses stay
+farms that carry several address objects, so frontends never share a farm. A Service with no
+usable endpoints still gets its farm, with no backends: its addresses stay
 claimed, traffic to them is dropped instead of leaking elsewhere, and the first endpoint to appear
 is one backend upsert.
 """
@@ -13,16 +14,13 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 
-from attrs import evolve, frozen
+from attrs import frozen
 
 from reconciler.annotations import FarmOptions, farm_options
 from reconciler.endpoints import select_endpoints
 from reconciler.farms import (
     HELPERS_BY_PROTOCOL,
     MAX_BACKENDS,
-    helper_fits,
-    persistence_fits,
-    sched_param_fits,
     Address,
     Backend,
     Family,
@@ -30,6 +28,9 @@ from reconciler.farms import (
     Helper,
     Mode,
     Protocol,
+    helper_fits,
+    persistence_fits,
+    sched_param_fits,
     validate_farm,
 )
 from reconciler.kube import ClusterState, EndpointSlice, Node, Service, ServicePort
@@ -71,7 +72,13 @@ class _Candidate:
     def rank(self) -> tuple[bool, str, str, str, str]:
         """Oldest Service wins an address; a missing timestamp counts as newest."""
         s = self.service
-        return (s.creation_timestamp == "", s.creation_timestamp, s.namespace, s.name, self.farm.name)
+        return (
+            s.creation_timestamp == "",
+            s.creation_timestamp,
+            s.namespace,
+            s.name,
+            self.farm.name,
+        )
 
 
 def _ref(service: Service) -> ObjectRef:
@@ -108,15 +115,27 @@ class _Frontend:
         return self.segment != ""
 
 
-def _frontends(service: Service, port: ServicePort, family: Family, node: Node | None) -> list[_Frontend]:
+def _frontends(
+    service: Service, port: ServicePort, family: Family, node: Node | None
+) -> list[_Frontend]:
     """The cluster IP, node ports, external IPs and load-balancer IPs of one port and family."""
-    out = [_Frontend(ip, port.port, "") for ip in service.cluster_ips if _family_of(ip) is family][:1]
+    out = [_Frontend(ip, port.port, "") for ip in service.cluster_ips if _family_of(ip) is family][
+        :1
+    ]
     if service.type in ("NodePort", "LoadBalancer") and port.node_port and node is not None:
-        out.extend(_Frontend(ip, port.node_port, frontend_segment(NODE_PORT, ip)) for ip in node.ips(family))
-    for kind, ips in ((EXTERNAL_IP, service.external_ips), (LOAD_BALANCER, service.load_balancer_ips)):
+        out.extend(
+            _Frontend(ip, port.node_port, frontend_segment(NODE_PORT, ip))
+            for ip in node.ips(family)
+        )
+    for kind, ips in (
+        (EXTERNAL_IP, service.external_ips),
+        (LOAD_BALANCER, service.load_balancer_ips),
+    ):
         for ip in ips:
             if _family_of(ip) is family:
-                out.append(_Frontend(_canonical(ip), port.port, frontend_segment(kind, _canonical(ip))))
+                out.append(
+                    _Frontend(_canonical(ip), port.port, frontend_segment(kind, _canonical(ip)))
+                )
     unique: dict[tuple[str, int], _Frontend] = {}
     for f in out:
         unique.setdefault((f.ip, f.port), f)  # an external IP equal to the cluster IP: served once
@@ -124,18 +143,26 @@ def _frontends(service: Service, port: ServicePort, family: Family, node: Node |
 
 
 def _fitted(
-    service: Service, options: FarmOptions, family: Family, protocol: Protocol, segment: str, problems: list[Problem]
+    service: Service,
+    options: FarmOptions,
+    family: Family,
+    protocol: Protocol,
+    segment: str,
+    problems: list[Problem],
 ) -> tuple[Helper, tuple[str, ...], tuple[str, ...]]:
-    """helper, persistence and sched-param, each dropped (with a problem) where nftlb cannot take it."""
+    """helper, persistence and sched-param, each dropped (with a problem) where nftlb cannot."""
     helper, persistence, sched_param = options.helper, options.persistence, options.sched_param
     where = f"{protocol.value.upper()} port {segment!r} over {family.value}"
     if not helper_fits(family, protocol, helper):
-        fits = sorted(h.value for h in HELPERS_BY_PROTOCOL[protocol] if helper_fits(family, protocol, h))
+        fits = sorted(
+            h.value for h in HELPERS_BY_PROTOCOL[protocol] if helper_fits(family, protocol, h)
+        )
         problems.append(
             Problem(
                 _ref(service),
                 "InvalidAnnotation",
-                f"helper {helper.value!r} does not fit {where}; allowed: {', '.join(fits)}; using 'none' there",
+                f"helper {helper.value!r} does not fit {where}; allowed: {', '.join(fits)}; "
+                "using 'none' there",
                 key="helper",
                 value=helper.value,
                 allowed=tuple(fits),
@@ -147,7 +174,8 @@ def _fitted(
             Problem(
                 _ref(service),
                 "InvalidAnnotation",
-                f"persistence {' '.join(persistence)!r} makes a key nftlb 1.0.7 cannot build for {where} "
+                f"persistence {' '.join(persistence)!r} makes a key nftlb 1.0.7 cannot build "
+                f"for {where} "
                 "(at most 20 bytes; over IPv6 an address alone); using 'none' there",
                 key="persistence",
                 value=" ".join(persistence),
@@ -159,7 +187,8 @@ def _fitted(
             Problem(
                 _ref(service),
                 "InvalidAnnotation",
-                f"sched-param {' '.join(sched_param)!r} makes a hash key nftlb 1.0.7 cannot build for {where}; "
+                f"sched-param {' '.join(sched_param)!r} makes a hash key nftlb 1.0.7 cannot "
+                f"build for {where}; "
                 "using 'srcip' there",
                 key="sched-param",
                 value=" ".join(sched_param),
@@ -181,21 +210,33 @@ def _service_farms(
     node = state.nodes.get(node_name)
     slices = state.slices_for(service)
     families = service.ip_families or tuple(
-        f for f in (Family.IPV4, Family.IPV6) if any(_family_of(ip) is f for ip in service.cluster_ips)
+        f
+        for f in (Family.IPV4, Family.IPV6)
+        if any(_family_of(ip) is f for ip in service.cluster_ips)
     )
     farms: list[Farm] = []
     seen_ports: set[str] = set()
     for port in service.ports:
         segment = port_segment(port.name, port.port)
         if not _DNS_LABEL.match(segment) or len(segment) > 15:
-            problems.append(Problem(ref, "InvalidPort", f"port name {port.name!r} is not a valid port name"))
+            problems.append(
+                Problem(ref, "InvalidPort", f"port name {port.name!r} is not a valid port name")
+            )
             continue
         if segment in seen_ports:
-            problems.append(Problem(ref, "DuplicatePort", f"port {segment!r} is listed twice; the first is used"))
+            problems.append(
+                Problem(
+                    ref, "DuplicatePort", f"port {segment!r} is listed twice; the first is used"
+                )
+            )
             continue
         seen_ports.add(segment)
         for family in families:
-            farms.extend(_port_farms(service, port, segment, family, options, node, node_name, slices, problems))
+            farms.extend(
+                _port_farms(
+                    service, port, segment, family, options, node, node_name, slices, problems
+                )
+            )
     return farms
 
 
@@ -214,7 +255,9 @@ def _port_farms(
     frontends = _frontends(service, port, family, node)
     if not frontends:
         return []
-    helper, persistence, sched_param = _fitted(service, options, family, port.protocol, segment, problems)
+    helper, persistence, sched_param = _fitted(
+        service, options, family, port.protocol, segment, problems
+    )
     cache: dict[bool, tuple[Backend, ...]] = {}
 
     def backends(local_only: bool) -> tuple[Backend, ...]:
@@ -225,27 +268,36 @@ def _port_farms(
                     Problem(
                         _ref(service),
                         "TooManyEndpoints",
-                        f"port {segment!r} has {len(targets)} endpoints; nftlb takes {MAX_BACKENDS} per farm, "
+                        f"port {segment!r} has {len(targets)} endpoints; "
+                        f"nftlb takes {MAX_BACKENDS} per farm, "
                         f"the first {MAX_BACKENDS} by address are used",
                     )
                 )
                 targets = targets[:MAX_BACKENDS]
-            cache[local_only] = tuple(Backend(backend_name(t.ip, t.port), t.ip, t.port) for t in targets)
+            cache[local_only] = tuple(
+                Backend(backend_name(t.ip, t.port), t.ip, t.port) for t in targets
+            )
         return cache[local_only]
 
     farms = []
     for front in frontends:
-        local = (service.external_traffic_policy if front.external else service.internal_traffic_policy) == "Local"
+        local = (
+            service.external_traffic_policy if front.external else service.internal_traffic_policy
+        ) == "Local"
         # externalTrafficPolicy Local exists to keep the client's address: no source NAT there.
         mode = Mode.DNAT if front.external and local and not options.mode_set else options.mode
-        key = FarmKey(service.namespace, service.name, segment, port.protocol, family, front.segment)
+        key = FarmKey(
+            service.namespace, service.name, segment, port.protocol, family, front.segment
+        )
         name = farm_name(key)
         farms.append(
             Farm(
                 name=name,
                 family=family,
                 protocol=port.protocol,
-                addresses=(Address(address_name(name), family, front.ip, front.port, port.protocol),),
+                addresses=(
+                    Address(address_name(name), family, front.ip, front.port, port.protocol),
+                ),
                 backends=backends(local),
                 mode=mode,
                 scheduler=options.scheduler,
@@ -279,7 +331,8 @@ def _resolve_conflicts(candidates: list[_Candidate], problems: list[Problem]) ->
                     _ref(cand.service),
                     "AddressConflict",
                     f"{a.protocol.value.upper()} {a.ip}:{a.port} is already served by Service "
-                    f"{w.namespace}/{w.name} (older, or first by namespace/name); not served for this Service",
+                    f"{w.namespace}/{w.name} (older, or first by namespace/name); "
+                    "not served for this Service",
                     key=f"{a.protocol.value}/{a.ip}:{a.port}",
                     value=f"{w.namespace}/{w.name}",
                 )
@@ -299,7 +352,9 @@ class ServiceFarms:
     problems: tuple[Problem, ...]
 
 
-def service_farms(service: Service, state: ClusterState, node_name: str, proxy_name: str = "") -> ServiceFarms:
+def service_farms(
+    service: Service, state: ClusterState, node_name: str, proxy_name: str = ""
+) -> ServiceFarms:
     """What one Service asks for; empty for Services that are not proxied."""
     if service.type == "ExternalName" or service.is_headless or not is_served(service, proxy_name):
         return ServiceFarms(service, (), ())
@@ -308,7 +363,9 @@ def service_farms(service: Service, state: ClusterState, node_name: str, proxy_n
     return ServiceFarms(service, tuple(farms), tuple(problems))
 
 
-def resolve(requests: Iterable[ServiceFarms], validated: Mapping[str, Farm] | None = None) -> Desired:
+def resolve(
+    requests: Iterable[ServiceFarms], validated: Mapping[str, Farm] | None = None
+) -> Desired:
     """Decide conflicts across Services and validate: the farms that may leave the core.
 
     `validated` holds farms that passed validation before (the last result); a farm equal to
@@ -321,7 +378,11 @@ def resolve(requests: Iterable[ServiceFarms], validated: Mapping[str, Farm] | No
         problems.extend(request.problems)
         for farm in request.farms:
             if farm.name in names:  # only a hash collision of shortened names gets here
-                problems.append(Problem(_ref(request.service), "NameCollision", f"farm name {farm.name} is taken"))
+                problems.append(
+                    Problem(
+                        _ref(request.service), "NameCollision", f"farm name {farm.name} is taken"
+                    )
+                )
                 continue
             names.add(farm.name)
             candidates.append(_Candidate(farm, request.service))
@@ -330,10 +391,16 @@ def resolve(requests: Iterable[ServiceFarms], validated: Mapping[str, Farm] | No
     by_name = {c.farm.name: c.service for c in candidates}
     for farm in _resolve_conflicts(candidates, problems):
         known = validated.get(farm.name) if validated is not None else None
-        errors = [] if known is not None and (known is farm or known == farm) else validate_farm(farm)
+        errors = (
+            [] if known is not None and (known is farm or known == farm) else validate_farm(farm)
+        )
         service = by_name[farm.name]
         if errors:
-            problems.append(Problem(_ref(service), "InvalidFarm", f"farm {farm.name} not sent: {'; '.join(errors)}"))
+            problems.append(
+                Problem(
+                    _ref(service), "InvalidFarm", f"farm {farm.name} not sent: {'; '.join(errors)}"
+                )
+            )
             continue
         farms.append(farm)
         owners.append((farm.name, service.key))

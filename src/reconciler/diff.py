@@ -10,6 +10,7 @@ Farms that are not owned are never in a plan.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from enum import Enum
 from typing import Any
 
 from attrs import asdict
@@ -25,8 +26,10 @@ def _jsonable(value: Any) -> Any:
         return "on" if value else "off"
     if isinstance(value, tuple):
         return [_jsonable(v) for v in value]
-    if isinstance(value, str | int | bool) or value is None:
-        return value.value if hasattr(value, "value") else value
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, str | int) or value is None:
+        return value
     return str(value)
 
 
@@ -61,12 +64,18 @@ def _value(obj: Mapping[str, Any], key: str) -> Any:
 
 
 def _frontend(farm: Farm) -> str:
-    return ", ".join(f"[{a.ip}]:{a.port}" if ":" in a.ip else f"{a.ip}:{a.port}" for a in farm.addresses)
+    return ", ".join(
+        f"[{a.ip}]:{a.port}" if ":" in a.ip else f"{a.ip}:{a.port}" for a in farm.addresses
+    )
 
 
 def farm_summary(farm: Farm) -> dict[str, Any]:
     """A farm as plain JSON values, for create and delete records in logs and plans."""
-    out = {"name": farm.name, "family": farm.family.value, "protocol": farm.protocol.value}
+    out: dict[str, Any] = {
+        "name": farm.name,
+        "family": farm.family.value,
+        "protocol": farm.protocol.value,
+    }
     out.update(_fields(farm))
     out["virtual-addr"] = _frontend(farm)
     out["backends"] = [f"{b.ip}:{b.port}" for b in farm.backends]
@@ -87,7 +96,9 @@ def diff_farm(desired: Farm, actual: Farm) -> list[Operation]:
         changed += ("addresses",)
         changes.append(Change("virtual-addr", _frontend(actual), _frontend(desired)))
     if changed:
-        ops.append(Operation(OpKind.UPDATE_FARM, name, tuple(changes), farm=desired, fields=changed))
+        ops.append(
+            Operation(OpKind.UPDATE_FARM, name, tuple(changes), farm=desired, fields=changed)
+        )
     upserts: list[Backend] = []
     changes_b: list[Change] = []
     for b in desired.backends:
@@ -101,7 +112,13 @@ def diff_farm(desired: Farm, actual: Farm) -> list[Operation]:
             changes_b.extend(_changes(_obj(old), _obj(b), f"backends[{b.name}]."))
     if upserts:
         ops.append(
-            Operation(OpKind.UPSERT_BACKENDS, name, tuple(changes_b), farm=desired, backends=tuple(upserts))
+            Operation(
+                OpKind.UPSERT_BACKENDS,
+                name,
+                tuple(changes_b),
+                farm=desired,
+                backends=tuple(upserts),
+            )
         )
     wanted = {b.name for b in desired.backends}
     for b in actual.backends:
@@ -125,7 +142,9 @@ def diff(desired: Iterable[Farm], actual: Iterable[Farm], broken: Iterable[str] 
             ops.append(Operation(OpKind.DELETE_FARM, name, (Change("farm", "unreadable", None),)))
     for name, farm in have.items():
         if name not in want:
-            ops.append(Operation(OpKind.DELETE_FARM, name, (Change("farm", farm_summary(farm), None),)))
+            ops.append(
+                Operation(OpKind.DELETE_FARM, name, (Change("farm", farm_summary(farm), None),))
+            )
     for name, farm in want.items():
         current = have.get(name)
         marked = assign_marks(farm, current)

@@ -22,9 +22,16 @@ def _now() -> str:
 
 def event_body(problem: Problem, node: str, uid: str = "") -> dict[str, Any]:
     ref = problem.ref
-    digest = hashlib.sha256(f"{ref}|{problem.reason}|{problem.message}|{node}".encode()).hexdigest()[:10]
+    digest = hashlib.sha256(
+        f"{ref}|{problem.reason}|{problem.message}|{node}".encode()
+    ).hexdigest()[:10]
     ts = _now()
-    involved: dict[str, Any] = {"kind": ref.kind, "namespace": ref.namespace, "name": ref.name, "apiVersion": "v1"}
+    involved: dict[str, Any] = {
+        "kind": ref.kind,
+        "namespace": ref.namespace,
+        "name": ref.name,
+        "apiVersion": "v1",
+    }
     if uid:
         involved["uid"] = uid
     return {
@@ -69,9 +76,14 @@ class EventRecorder:
         sent: list[Problem] = []
         for p in sorted(current - self._sent):
             try:
-                self._create(p.ref.namespace, event_body(p, self._node, self._uid_of(p) if self._uid_of else ""))
+                self._create(
+                    p.ref.namespace,
+                    event_body(p, self._node, self._uid_of(p) if self._uid_of else ""),
+                )
             except Exception as e:  # an Event is best effort; the next sync tries again
-                if getattr(e, "status", None) == 409:  # sent before a restart: same name, same problem
+                if (
+                    getattr(e, "status", None) == 409
+                ):  # sent before a restart: same name, same problem
                     self._sent.add(p)
                     continue
                 if self._on_error:

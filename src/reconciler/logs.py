@@ -44,7 +44,9 @@ def _redact_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutab
 
 def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = None) -> None:
     renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=False) if fmt == "console" else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer(colors=False)
+        if fmt == "console"
+        else structlog.processors.JSONRenderer()
     )
     structlog.configure(
         processors=[

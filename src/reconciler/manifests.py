@@ -39,12 +39,16 @@ def load_file(path: Path) -> list[Any]:
             if doc is None:
                 continue
             if not isinstance(doc, dict):
-                raise ManifestError(f"{path}: document {index}: expected a mapping, got {type(doc).__name__}")
+                raise ManifestError(
+                    f"{path}: document {index}: expected a mapping, got {type(doc).__name__}"
+                )
             docs.append(doc)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise ManifestError(f"{path}: document {len(docs) + 1}: not valid YAML or JSON{where}: {e}") from e
+        raise ManifestError(
+            f"{path}: document {len(docs) + 1}: not valid YAML or JSON{where}: {e}"
+        ) from e
     return docs
 
 

@@ -23,7 +23,11 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         p = "kube_nftlb_"
         self.sync_duration = Histogram(
-            f"{p}sync_duration_seconds", "Time one sync took, by kind.", ["kind"], registry=r, buckets=_SYNC_BUCKETS
+            f"{p}sync_duration_seconds",
+            "Time one sync took, by kind.",
+            ["kind"],
+            registry=r,
+            buckets=_SYNC_BUCKETS,
         )
         self.programming_latency = Histogram(
             f"{p}network_programming_duration_seconds",
@@ -31,19 +35,43 @@ class Metrics:
             registry=r,
             buckets=_LATENCY_BUCKETS,
         )
-        self.plan_operations = Counter(f"{p}plan_operations_total", "Plan operations applied, by kind.", ["op"], registry=r)
-        self.nftlb_requests = Counter(f"{p}nftlb_requests_total", "Requests sent to nftlb, by outcome.", ["outcome"], registry=r)
-        self.nftlb_bytes = Counter(f"{p}nftlb_request_bytes_total", "Request body bytes sent to nftlb.", registry=r)
-        self.sync_errors = Counter(f"{p}sync_errors_total", "Syncs that failed, by kind.", ["kind"], registry=r)
-        self.watch_restarts = Counter(
-            f"{p}watch_restarts_total", "Watches restarted, by resource and reason.", ["resource", "reason"], registry=r
+        self.plan_operations = Counter(
+            f"{p}plan_operations_total", "Plan operations applied, by kind.", ["op"], registry=r
         )
-        self.desired_farms = Gauge(f"{p}desired_farms", "Farms the cluster state asks for.", registry=r)
-        self.actual_farms = Gauge(f"{p}actual_farms", "Owned farms nftlb held at the last full sync.", registry=r)
-        self.pending_changes = Gauge(f"{p}pending_changes", "Services marked dirty and not yet synced.", registry=r)
-        self.problems = Gauge(f"{p}problems", "Problems found in the cluster state at the last sync.", registry=r)
+        self.nftlb_requests = Counter(
+            f"{p}nftlb_requests_total",
+            "Requests sent to nftlb, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.nftlb_bytes = Counter(
+            f"{p}nftlb_request_bytes_total", "Request body bytes sent to nftlb.", registry=r
+        )
+        self.sync_errors = Counter(
+            f"{p}sync_errors_total", "Syncs that failed, by kind.", ["kind"], registry=r
+        )
+        self.watch_restarts = Counter(
+            f"{p}watch_restarts_total",
+            "Watches restarted, by resource and reason.",
+            ["resource", "reason"],
+            registry=r,
+        )
+        self.desired_farms = Gauge(
+            f"{p}desired_farms", "Farms the cluster state asks for.", registry=r
+        )
+        self.actual_farms = Gauge(
+            f"{p}actual_farms", "Owned farms nftlb held at the last full sync.", registry=r
+        )
+        self.pending_changes = Gauge(
+            f"{p}pending_changes", "Services marked dirty and not yet synced.", registry=r
+        )
+        self.problems = Gauge(
+            f"{p}problems", "Problems found in the cluster state at the last sync.", registry=r
+        )
         self.last_success = Gauge(
-            f"{p}last_successful_sync_timestamp_seconds", "Unix time of the last sync that succeeded.", registry=r
+            f"{p}last_successful_sync_timestamp_seconds",
+            "Unix time of the last sync that succeeded.",
+            registry=r,
         )
 
     def render(self) -> bytes:
@@ -53,7 +81,9 @@ class Metrics:
 class HealthServer:
     """Serves /metrics, /healthz (the loop is alive) and /readyz (synced and nftlb reachable)."""
 
-    def __init__(self, metrics: Metrics, address: str, live: Callable[[], bool], ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, metrics: Metrics, address: str, live: Callable[[], bool], ready: Callable[[], bool]
+    ) -> None:
         host, _, port = address.rpartition(":")
         outer = self
 
@@ -70,14 +100,16 @@ class HealthServer:
                 else:
                     self._send(404, b"not found\n")
 
-            def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+            def _send(
+                self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8"
+            ) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 return
 
         self.metrics, self.live, self.ready = metrics, live, ready

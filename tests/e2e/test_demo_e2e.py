@@ -10,7 +10,12 @@ import sys
 def test_demo_runs_the_whole_loop_and_ends_cleanly_by_itself() -> None:
     env = {**os.environ, "KUBE_NFTLB_DEMO_NETNS": "1"}
     out = subprocess.run(
-        [sys.executable, "-m", "reconciler", "demo"], capture_output=True, text=True, timeout=60, env=env, check=False
+        [sys.executable, "-m", "reconciler", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
@@ -20,5 +25,7 @@ def test_demo_runs_the_whole_loop_and_ends_cleanly_by_itself() -> None:
     assert "scheduler: rr -> weight" in text
     assert "delete-farm k8s.default.shop.http.tcp.v4" in text
     assert "roundrobin" in text  # the bad annotation is reported
-    leftover = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=False).stdout
+    leftover = subprocess.run(
+        ["nft", "list", "tables"], capture_output=True, text=True, check=False
+    ).stdout
     assert "nftlb" not in leftover

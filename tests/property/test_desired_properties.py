@@ -33,7 +33,9 @@ def _keys_of(state: Any, ns: str, name: str, node: str) -> dict[str, FarmKey]:
         for family in svc.ip_families or ():
             segments = [""]
             if node in state.nodes:
-                segments += [frontend_segment(NODE_PORT, ip) for ip in state.nodes[node].ips(family)]
+                segments += [
+                    frontend_segment(NODE_PORT, ip) for ip in state.nodes[node].ips(family)
+                ]
             segments += [frontend_segment(EXTERNAL_IP, ip) for ip in svc.external_ips]
             segments += [frontend_segment(LOAD_BALANCER, ip) for ip in svc.load_balancer_ips]
             for segment in segments:

@@ -31,7 +31,14 @@ def test_render_prints_the_exact_nftlb_document(capsys: pytest.CaptureFixture[st
     assert list(web)[:5] == ["name", "family", "virtual-addr", "virtual-ports", "protocol"]
     assert "addresses" not in web
     assert all(isinstance(v, str) for k, v in web.items() if k not in ("addresses", "backends"))
-    assert [list(b) for b in web["backends"]][0] == ["name", "ip-addr", "port", "weight", "mark", "state"]
+    assert list(web["backends"][0]) == [
+        "name",
+        "ip-addr",
+        "port",
+        "weight",
+        "mark",
+        "state",
+    ]
     assert [b["mark"] for b in web["backends"]] == ["0x1", "0x2", "0x3"]
     assert "problem: Service default/legacy: InvalidAnnotation" in err
 
@@ -43,7 +50,9 @@ def test_render_table_and_yaml(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and out.startswith("farms:")
 
 
-def test_unreadable_input_exits_2_naming_file_and_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreadable_input_exits_2_naming_file_and_document(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: Service\n---\nkind: [unclosed\n")
     code, out, err = run(capsys, "render", "-f", str(bad))
@@ -53,7 +62,9 @@ def test_unreadable_input_exits_2_naming_file_and_document(tmp_path: Path, capsy
     assert code == 2 and "missing.yaml" in err
 
 
-def test_diff_exit_codes_against_empty_and_saved_state(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_diff_exit_codes_against_empty_and_saved_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, _ = run(capsys, "diff", "-f", str(EXAMPLES / "10-web.yaml"))
     assert code == 1 and "+ farm k8s.default.web.http.tcp.v4" in out and "Plan: 2 to create" in out
     code, out, _ = run(capsys, "render", "-f", str(EXAMPLES / "10-web.yaml"))
@@ -61,7 +72,9 @@ def test_diff_exit_codes_against_empty_and_saved_state(tmp_path: Path, capsys: p
     state.write_text(out)
     code, out, _ = run(capsys, "diff", "-f", str(EXAMPLES / "10-web.yaml"), "--state", str(state))
     assert code == 0 and out.startswith("No changes")
-    code, out, _ = run(capsys, "diff", "-f", str(EXAMPLES / "00-node.yaml"), "--state", str(state), "-o", "json")
+    code, out, _ = run(
+        capsys, "diff", "-f", str(EXAMPLES / "00-node.yaml"), "--state", str(state), "-o", "json"
+    )
     doc = json.loads(out)
     assert code == 1 and doc["counts"]["delete-farm"] == 2 and doc["changed"] is True
     state.write_text("{}")
@@ -83,22 +96,35 @@ def _kubeconfig(tmp_path: Path, url: str) -> str:
     return str(path)
 
 
-def test_render_reads_the_live_cluster_without_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_render_reads_the_live_cluster_without_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with FakeApiServer() as fake:
         fake.seed(load_paths([EXAMPLES]))
-        code, live, _ = run(capsys, "render", "--kubeconfig", _kubeconfig(tmp_path, fake.url), "--node", "node-1")
+        code, live, _ = run(
+            capsys, "render", "--kubeconfig", _kubeconfig(tmp_path, fake.url), "--node", "node-1"
+        )
     code2, files, _ = run(capsys, "render", "-f", str(EXAMPLES), "--node", "node-1")
     assert code == code2 == 0
     assert json.loads(live) == json.loads(files)
 
 
-def test_run_without_node_name_says_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_without_node_name_says_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("NODE_NAME", raising=False)
     key = tmp_path / "key"
     key.write_text("k\n")
     code, _, err = run(capsys, "run", "--nftlb-key-file", str(key))
     assert code == 2 and "NODE_NAME" in err
     code, _, err = run(
-        capsys, "run", "--node-name", "n", "--nftlb-key-file", str(tmp_path / "nope"), "--nftlb-key-wait", "0"
+        capsys,
+        "run",
+        "--node-name",
+        "n",
+        "--nftlb-key-file",
+        str(tmp_path / "nope"),
+        "--nftlb-key-wait",
+        "0",
     )
     assert code == 2 and "key file" in err

@@ -30,9 +30,19 @@ class Store:
         return list(self.items.values())
 
 
-def service(name: str = "web", ip: str = "10.96.0.1", annotations: dict[str, str] | None = None, rv: str = "1") -> Any:
+def service(
+    name: str = "web",
+    ip: str = "10.96.0.1",
+    annotations: dict[str, str] | None = None,
+    rv: str = "1",
+) -> Any:
     raw = {
-        "metadata": {"name": name, "namespace": "default", "resourceVersion": rv, "annotations": annotations or {}},
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "resourceVersion": rv,
+            "annotations": annotations or {},
+        },
         "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]},
     }
     return parse_service(raw)[0]
@@ -40,8 +50,12 @@ def service(name: str = "web", ip: str = "10.96.0.1", annotations: dict[str, str
 
 def eps(name: str = "web", *ips: str, rv: str = "1") -> Any:
     raw = {
-        "metadata": {"name": f"{name}-1", "namespace": "default", "resourceVersion": rv,
-                     "labels": {"kubernetes.io/service-name": name}},
+        "metadata": {
+            "name": f"{name}-1",
+            "namespace": "default",
+            "resourceVersion": rv,
+            "labels": {"kubernetes.io/service-name": name},
+        },
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
         "endpoints": [{"addresses": [ip]} for ip in ips],
@@ -49,20 +63,38 @@ def eps(name: str = "web", *ips: str, rv: str = "1") -> Any:
     return parse_endpoint_slice(raw)[0]
 
 
-NODE = parse_node({"metadata": {"name": "n1"}, "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.1"}]}})[0]
+NODE = parse_node(
+    {
+        "metadata": {"name": "n1"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.1"}]},
+    }
+)[0]
 
 
 class World:
     def __init__(self, events: list[Any] | None = None) -> None:
         self.model = NftlbModel("k")
-        self.client = NftlbClient("http://nftlb", "k", transport=httpx.MockTransport(self.model.as_handler()))
+        self.client = NftlbClient(
+            "http://nftlb", "k", transport=httpx.MockTransport(self.model.as_handler())
+        )
         self.services, self.slices, self.nodes = Store(), Store(), Store()
         self.nodes.items["n1"] = NODE
         self.log_stream = io.StringIO()
         configure("json", "debug", self.log_stream)
-        recorder = EventRecorder(lambda ns, body: events.append(body), "n1") if events is not None else None
+        recorder = (
+            EventRecorder(lambda ns, body: events.append(body), "n1")
+            if events is not None
+            else None
+        )
         self.controller = Controller(
-            Settings("n1"), self.client, self.services, self.slices, self.nodes, Metrics(), get_logger(), recorder
+            Settings("n1"),
+            self.client,
+            self.services,
+            self.slices,
+            self.nodes,
+            Metrics(),
+            get_logger(),
+            recorder,
         )
 
     def put_service(self, svc: Any) -> None:
@@ -110,7 +142,9 @@ def test_a_new_controller_against_unchanged_nftlb_sends_zero_writes() -> None:
     w.put_slice(eps("web", "10.1.0.1"))
     w.controller.sync_full()
     before = w.writes()
-    again = Controller(Settings("n1"), w.client, w.services, w.slices, w.nodes, Metrics(), get_logger())
+    again = Controller(
+        Settings("n1"), w.client, w.services, w.slices, w.nodes, Metrics(), get_logger()
+    )
     assert again.sync_full().ok
     assert w.writes() == before
 
@@ -123,7 +157,10 @@ def test_partial_sync_sends_only_the_new_endpoint_in_one_request() -> None:
     w.put_slice(eps("web", "10.1.0.1", "10.1.0.2", rv="2"))
     result = w.controller.sync_partial()
     assert result.ok and result.requests == 1 and result.operations == 1
-    assert [b.ip for b in w.farms()["k8s.default.web.http.tcp.v4"].backends] == ["10.1.0.1", "10.1.0.2"]
+    assert [b.ip for b in w.farms()["k8s.default.web.http.tcp.v4"].backends] == [
+        "10.1.0.1",
+        "10.1.0.2",
+    ]
 
 
 def test_an_update_that_changes_only_the_resource_version_marks_nothing() -> None:
@@ -138,7 +175,12 @@ def test_annotation_change_updates_only_that_field_and_logs_it() -> None:
     w = World()
     w.put_service(service())
     w.controller.sync_full()
-    w.put_service(service(annotations={"service.kubernetes.io/kube-nftlb-load-balancer-scheduler": "weight"}, rv="2"))
+    w.put_service(
+        service(
+            annotations={"service.kubernetes.io/kube-nftlb-load-balancer-scheduler": "weight"},
+            rv="2",
+        )
+    )
     assert w.controller.sync_partial().ok
     (op,) = [line for line in w.logs() if line["event"] == "nftlb.operation"][-1:]
     assert op["op"] == "update-farm"
@@ -171,14 +213,16 @@ def test_wrong_key_fails_cleanly_and_asks_for_a_full_sync() -> None:
     result = w.controller.sync_full()
     assert not result.ok and not w.controller.ready
     line = next(x for x in w.logs() if x["event"] == "sync.failed")
-    assert "key" in line["error"] and "k" != line["error"]
+    assert "key" in line["error"] and line["error"] != "k"
     assert w.controller._full_needed
 
 
 def test_bad_annotation_gives_one_event_and_one_log_line_however_many_syncs() -> None:
     events: list[Any] = []
     w = World(events)
-    w.put_service(service(annotations={"service.kubernetes.io/kube-nftlb-load-balancer-mode": "dsr"}))
+    w.put_service(
+        service(annotations={"service.kubernetes.io/kube-nftlb-load-balancer-mode": "dsr"})
+    )
     w.put_service(service("ok", ip="10.96.0.2"))
     w.controller.sync_full()
     w.controller.sync_full()

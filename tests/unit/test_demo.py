@@ -5,13 +5,17 @@ import pytest
 from reconciler import demo
 
 
-def test_without_root_the_demo_says_exactly_what_to_do(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_without_root_the_demo_says_exactly_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(demo.os, "geteuid", lambda: 1000)
     assert demo.main() == 2
     assert "sudo ./dev demo" in capsys.readouterr().err
 
 
-def test_without_nftlb_the_demo_says_what_to_install(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_without_nftlb_the_demo_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(demo.os, "geteuid", lambda: 0)
     monkeypatch.setattr(demo, "NFTLB", "/nonexistent/nftlb")
     assert demo.main() == 2

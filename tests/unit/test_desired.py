@@ -12,8 +12,14 @@ from reconciler.names import LOAD_BALANCER, NODE_PORT, frontend_segment
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
-def svc(name: str = "web", ns: str = "default", ip: str = "10.96.0.1", **spec: Any) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "namespace": ns, "creationTimestamp": spec.pop("created", "2026-01-01T00:00:00Z")}
+def svc(
+    name: str = "web", ns: str = "default", ip: str = "10.96.0.1", **spec: Any
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": ns,
+        "creationTimestamp": spec.pop("created", "2026-01-01T00:00:00Z"),
+    }
     if "annotations" in spec:
         meta["annotations"] = spec.pop("annotations")
     if "labels" in spec:
@@ -24,21 +30,40 @@ def svc(name: str = "web", ns: str = "default", ip: str = "10.96.0.1", **spec: A
     return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": body, "status": status}
 
 
-def eps(service: str = "web", ns: str = "default", *ips: str, nodes: tuple[str, ...] = (), ready: bool = True) -> dict[str, Any]:
+def eps(
+    service: str = "web",
+    ns: str = "default",
+    *ips: str,
+    nodes: tuple[str, ...] = (),
+    ready: bool = True,
+) -> dict[str, Any]:
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
-        "metadata": {"name": f"{service}-x", "namespace": ns, "labels": {"kubernetes.io/service-name": service}},
+        "metadata": {
+            "name": f"{service}-x",
+            "namespace": ns,
+            "labels": {"kubernetes.io/service-name": service},
+        },
         "addressType": "IPv4",
         "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
         "endpoints": [
-            {"addresses": [ip], "conditions": {"ready": ready}, "nodeName": nodes[i] if i < len(nodes) else "n2"}
+            {
+                "addresses": [ip],
+                "conditions": {"ready": ready},
+                "nodeName": nodes[i] if i < len(nodes) else "n2",
+            }
             for i, ip in enumerate(ips)
         ],
     }
 
 
-NODE = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}, "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.1"}]}}
+NODE = {
+    "apiVersion": "v1",
+    "kind": "Node",
+    "metadata": {"name": "n1"},
+    "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.1"}]},
+}
 
 
 def farms(*objs: dict[str, Any], node: str = "n1") -> dict[str, Any]:
@@ -69,20 +94,31 @@ def test_headless_external_name_and_other_proxies_are_skipped() -> None:
 
 
 def frontends(out: dict[str, Any]) -> dict[str, tuple[str, int]]:
-    return {name: (f.addresses[0].ip, f.addresses[0].port) for name, f in out.items() if name != "_problems"}
+    return {
+        name: (f.addresses[0].ip, f.addresses[0].port)
+        for name, f in out.items()
+        if name != "_problems"
+    }
 
 
 def test_each_frontend_gets_a_farm_of_its_own() -> None:
     out = farms(svc(type="NodePort", ports=[{"name": "http", "port": 80, "nodePort": 30080}]))
     np = "k8s.default.web.http.tcp.v4." + frontend_segment(NODE_PORT, "192.168.1.1")
-    assert frontends(out) == {"k8s.default.web.http.tcp.v4": ("10.96.0.1", 80), np: ("192.168.1.1", 30080)}
+    assert frontends(out) == {
+        "k8s.default.web.http.tcp.v4": ("10.96.0.1", 80),
+        np: ("192.168.1.1", 30080),
+    }
     assert all(len(f.addresses) == 1 for n, f in out.items() if n != "_problems")
 
 
 def test_external_traffic_policy_local_splits_external_frontends_onto_local_endpoints() -> None:
     out = farms(
-        svc(type="LoadBalancer", externalTrafficPolicy="Local", ports=[{"name": "http", "port": 80, "nodePort": 30080}],
-            status={"loadBalancer": {"ingress": [{"ip": "203.0.113.1"}]}}),
+        svc(
+            type="LoadBalancer",
+            externalTrafficPolicy="Local",
+            ports=[{"name": "http", "port": 80, "nodePort": 30080}],
+            status={"loadBalancer": {"ingress": [{"ip": "203.0.113.1"}]}},
+        ),
         eps("web", "default", "10.1.0.1", "10.1.0.2", nodes=("n1", "n2")),
     )
     main = out["k8s.default.web.http.tcp.v4"]
@@ -106,7 +142,10 @@ def test_conflict_goes_to_the_oldest_service_and_the_loser_is_told() -> None:
         svc("new", ip="10.96.0.9", externalIPs=["10.96.0.7"], created="2026-02-01T00:00:00Z"),
         svc("old", ip="10.96.0.7", created="2026-01-01T00:00:00Z"),
     )
-    assert frontends(out) == {"k8s.default.old.http.tcp.v4": ("10.96.0.7", 80), "k8s.default.new.http.tcp.v4": ("10.96.0.9", 80)}
+    assert frontends(out) == {
+        "k8s.default.old.http.tcp.v4": ("10.96.0.7", 80),
+        "k8s.default.new.http.tcp.v4": ("10.96.0.9", 80),
+    }
     (problem,) = [p for p in out["_problems"] if p.reason == "AddressConflict"]
     assert problem.ref.name == "new" and "default/old" in problem.message
 
@@ -121,9 +160,13 @@ def test_annotations_and_affinity_reach_the_farm() -> None:
         "service.kubernetes.io/kube-nftlb-load-balancer-scheduler": "hash",
         "service.kubernetes.io/kube-nftlb-load-balancer-mode": "dnat",
     }
-    farm = farms(svc(annotations=ann, sessionAffinity="ClientIP", sessionAffinityConfig={"clientIP": {"timeoutSeconds": 75}}))[
-        "k8s.default.web.http.tcp.v4"
-    ]
+    farm = farms(
+        svc(
+            annotations=ann,
+            sessionAffinity="ClientIP",
+            sessionAffinityConfig={"clientIP": {"timeoutSeconds": 75}},
+        )
+    )["k8s.default.web.http.tcp.v4"]
     assert farm.scheduler is Scheduler.HASH and farm.sched_param == ("srcip",)
     assert farm.mode is Mode.DNAT
     assert farm.persistence == ("srcip",) and farm.persist_ttl == 75
@@ -131,7 +174,15 @@ def test_annotations_and_affinity_reach_the_farm() -> None:
 
 def test_helper_that_does_not_fit_the_protocol_is_dropped_for_that_port_only() -> None:
     ann = {"service.kubernetes.io/kube-nftlb-load-balancer-helper": "ftp"}
-    out = farms(svc(annotations=ann, ports=[{"name": "ctl", "port": 21, "protocol": "TCP"}, {"name": "u", "port": 21, "protocol": "UDP"}]))
+    out = farms(
+        svc(
+            annotations=ann,
+            ports=[
+                {"name": "ctl", "port": 21, "protocol": "TCP"},
+                {"name": "u", "port": 21, "protocol": "UDP"},
+            ],
+        )
+    )
     assert out["k8s.default.web.ctl.tcp.v4"].helper is Helper.FTP
     assert out["k8s.default.web.u.udp.v4"].helper is Helper.NONE
     assert any(p.reason == "InvalidAnnotation" and p.key == "helper" for p in out["_problems"])
@@ -164,7 +215,14 @@ def test_settings_nftlb_cannot_build_for_ipv6_fall_back_with_a_problem() -> None
         "service.kubernetes.io/kube-nftlb-load-balancer-persistence": "srcip srcport",
         "service.kubernetes.io/kube-nftlb-load-balancer-helper": "pptp",
     }
-    out = farms(svc(annotations=ann, ipFamilies=["IPv4", "IPv6"], clusterIPs=["10.96.0.1", "fd00::1"], ports=[{"name": "http", "port": 80}]))
+    out = farms(
+        svc(
+            annotations=ann,
+            ipFamilies=["IPv4", "IPv6"],
+            clusterIPs=["10.96.0.1", "fd00::1"],
+            ports=[{"name": "http", "port": 80}],
+        )
+    )
     v4, v6 = out["k8s.default.web.http.tcp.v4"], out["k8s.default.web.http.tcp.v6"]
     assert v4.persistence == ("srcip", "srcport") and v4.helper is Helper.PPTP
     assert v6.persistence == () and v6.helper is Helper.NONE

@@ -58,7 +58,13 @@ def test_added_endpoint_is_one_upsert_with_a_fresh_mark() -> None:
 
 def test_replaced_endpoint_goes_in_before_the_old_one_goes_out() -> None:
     have = applied(farm(n=2))
-    want = evolve(farm(n=2), backends=(Backend("b-10.1.0.1-8080", "10.1.0.1", 8080), Backend("b-10.1.0.9-8080", "10.1.0.9", 8080)))
+    want = evolve(
+        farm(n=2),
+        backends=(
+            Backend("b-10.1.0.1-8080", "10.1.0.1", 8080),
+            Backend("b-10.1.0.9-8080", "10.1.0.9", 8080),
+        ),
+    )
     plan = diff([want], [have])
     assert [op.kind for op in plan] == [OpKind.UPSERT_BACKENDS, OpKind.DELETE_BACKEND]
     assert plan.operations[0].backends[0].mark == 2  # the freed mark is reused
@@ -70,13 +76,18 @@ def test_changed_frontend_is_one_in_place_update_of_the_virtual_address() -> Non
     want = farm(ip="10.96.0.2")
     (op,) = diff([want], [have]).operations
     assert op.kind is OpKind.UPDATE_FARM and op.fields == ("addresses",)
-    assert [(c.path, c.old, c.new) for c in op.changes] == [("virtual-addr", "10.96.0.1:80", "10.96.0.2:80")]
+    assert [(c.path, c.old, c.new) for c in op.changes] == [
+        ("virtual-addr", "10.96.0.1:80", "10.96.0.2:80")
+    ]
 
 
 def test_unreadable_owned_farm_is_deleted_and_created_again() -> None:
     f = farm()
     plan = diff([f], [], broken=[f.name, "foreign-farm"])
-    assert [(op.kind, op.farm_name) for op in plan] == [(OpKind.DELETE_FARM, f.name), (OpKind.CREATE_FARM, f.name)]
+    assert [(op.kind, op.farm_name) for op in plan] == [
+        (OpKind.DELETE_FARM, f.name),
+        (OpKind.CREATE_FARM, f.name),
+    ]
 
 
 def test_frontend_moving_to_a_new_farm_is_freed_first() -> None:
@@ -98,7 +109,9 @@ def test_changed_backend_port_names_the_field() -> None:
     plan = diff([want], [have])
     (op,) = plan.operations
     assert op.kind is OpKind.UPSERT_BACKENDS
-    assert [(c.path, c.old, c.new) for c in op.changes] == [("backends[b-10.1.0.1-8080].weight", 1, 5)]
+    assert [(c.path, c.old, c.new) for c in op.changes] == [
+        ("backends[b-10.1.0.1-8080].weight", 1, 5)
+    ]
 
 
 def test_plan_json_is_stable() -> None:

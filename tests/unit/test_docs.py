@@ -12,7 +12,9 @@ ROOT = Path(__file__).parents[2]
 def test_every_annotation_is_documented_with_its_values_and_default() -> None:
     text = (ROOT / "docs" / "annotations.md").read_text()
     for spec in ANNOTATIONS.values():
-        row = next((line for line in text.splitlines() if line.startswith(f"| `{spec.key}` |")), None)
+        row = next(
+            (line for line in text.splitlines() if line.startswith(f"| `{spec.key}` |")), None
+        )
         assert row is not None, spec.key
         assert f"`{spec.default}`" in row
         for value in spec.allowed or ():
@@ -35,7 +37,11 @@ def test_every_log_event_in_the_code_is_documented() -> None:
     text = (ROOT / "docs" / "logging.md").read_text()
     found: set[str] = set()
     for path in (ROOT / "src" / "reconciler").glob("*.py"):
-        found |= set(re.findall(r'log\w*\.(?:info|warning|error|debug)\(\s*"([a-z_]+\.[a-z_]+)"', path.read_text()))
+        found |= set(
+            re.findall(
+                r'log\w*\.(?:info|warning|error|debug)\(\s*"([a-z_]+\.[a-z_]+)"', path.read_text()
+            )
+        )
     assert found >= {"sync.done", "nftlb.operation", "service.problem"}
     for event in found:
         assert f"`{event}`" in text, event

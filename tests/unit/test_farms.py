@@ -22,7 +22,10 @@ def farm(name: str = "k8s.default.web.http.tcp.v4", ip: str = "10.96.0.1", **kw:
         family=Family.IPV4,
         protocol=Protocol.TCP,
         addresses=(Address(f"{name}-addr", Family.IPV4, ip, 80, Protocol.TCP),),
-        backends=(Backend("b-10.1.0.1-8080", "10.1.0.1", 8080), Backend("b-10.1.0.2-8080", "10.1.0.2", 8080)),
+        backends=(
+            Backend("b-10.1.0.1-8080", "10.1.0.1", 8080),
+            Backend("b-10.1.0.2-8080", "10.1.0.2", 8080),
+        ),
     )
     return evolve(base, **kw)
 
@@ -36,21 +39,35 @@ def test_each_nftlb_trap_is_caught() -> None:
         "name": farm(name="bad name"),
         "non canonical ip": farm(ip="010.96.0.1"),
         "wrong family": farm(ip="fd00::1"),
-        "port": farm(addresses=(Address("k8s.default.web.http.tcp.v4-addr", Family.IPV4, "10.96.0.1", 0, Protocol.TCP),)),
+        "port": farm(
+            addresses=(
+                Address(
+                    "k8s.default.web.http.tcp.v4-addr", Family.IPV4, "10.96.0.1", 0, Protocol.TCP
+                ),
+            )
+        ),
         "no address": farm(addresses=()),
         "two addresses": farm(
             addresses=(
-                Address("k8s.default.web.http.tcp.v4-addr", Family.IPV4, "10.96.0.1", 80, Protocol.TCP),
-                Address("k8s.default.web.http.tcp.v4-addr2", Family.IPV4, "10.96.0.2", 80, Protocol.TCP),
+                Address(
+                    "k8s.default.web.http.tcp.v4-addr", Family.IPV4, "10.96.0.1", 80, Protocol.TCP
+                ),
+                Address(
+                    "k8s.default.web.http.tcp.v4-addr2", Family.IPV4, "10.96.0.2", 80, Protocol.TCP
+                ),
             )
         ),
-        "address name": farm(addresses=(Address("other", Family.IPV4, "10.96.0.1", 80, Protocol.TCP),)),
+        "address name": farm(
+            addresses=(Address("other", Family.IPV4, "10.96.0.1", 80, Protocol.TCP),)
+        ),
         "helper": farm(helper=Helper.TFTP),
         "hash without param": farm(scheduler=Scheduler.HASH),
         "param without hash": farm(sched_param=("srcip",)),
         "token order": farm(persistence=("srcport", "srcip")),
         "backend ip": farm(backends=(Backend("b", "not-an-ip", 80),)),
-        "duplicate marks": farm(backends=(Backend("a", "10.1.0.1", 80, mark=1), Backend("b", "10.1.0.2", 80, mark=1))),
+        "duplicate marks": farm(
+            backends=(Backend("a", "10.1.0.1", 80, mark=1), Backend("b", "10.1.0.2", 80, mark=1))
+        ),
         "mark range": farm(backends=(Backend("a", "10.1.0.1", 80, mark=0x1000),)),
         "ttl": farm(persist_ttl=-1),
     }
@@ -77,8 +94,15 @@ def test_assign_marks_from_scratch_numbers_from_one() -> None:
 
 
 def test_assign_marks_keeps_existing_and_fills_the_lowest_free() -> None:
-    actual = farm(backends=(Backend("b-10.1.0.1-8080", "10.1.0.1", 8080, mark=7), Backend("old", "10.1.0.9", 80, mark=1)))
-    desired = farm(backends=(Backend("b-10.1.0.1-8080", "10.1.0.1", 8080), Backend("new", "10.1.0.3", 80)))
+    actual = farm(
+        backends=(
+            Backend("b-10.1.0.1-8080", "10.1.0.1", 8080, mark=7),
+            Backend("old", "10.1.0.9", 80, mark=1),
+        )
+    )
+    desired = farm(
+        backends=(Backend("b-10.1.0.1-8080", "10.1.0.1", 8080), Backend("new", "10.1.0.3", 80))
+    )
     marked = assign_marks(desired, actual)
     assert {b.name: b.mark for b in marked.backends} == {"b-10.1.0.1-8080": 7, "new": 1}
     assert validate_farm(marked) == []
@@ -100,8 +124,22 @@ def test_what_crashes_or_silently_breaks_nftlb_is_refused() -> None:
     assert validate_farm(v6()) == []
     assert validate_farm(v6(persistence=("srcip",))) == []
     assert validate_farm(v6(persistence=("srcip", "srcport")))  # IPv6 address plus a field: abort
-    assert validate_farm(farm(persistence=("srcip", "dstip", "srcport", "dstport"))) == []  # 16 bytes
-    assert validate_farm(farm(persistence=("srcip", "dstip", "srcport", "dstport", "srcmac")))  # 24 > 20
+    assert (
+        validate_farm(farm(persistence=("srcip", "dstip", "srcport", "dstport"))) == []
+    )  # 16 bytes
+    assert validate_farm(
+        farm(persistence=("srcip", "dstip", "srcport", "dstport", "srcmac"))
+    )  # 24 > 20
     assert validate_farm(v6(helper=Helper.PPTP))  # the kernel's pptp helper is IPv4 only
-    assert validate_farm(v6(scheduler=Scheduler.HASH, sched_param=("srcip", "dstip", "srcmac", "dstmac"))) == []
-    assert validate_farm(v6(scheduler=Scheduler.HASH, sched_param=("srcip", "dstip", "srcport", "dstport", "srcmac", "dstmac")))
+    assert (
+        validate_farm(
+            v6(scheduler=Scheduler.HASH, sched_param=("srcip", "dstip", "srcmac", "dstmac"))
+        )
+        == []
+    )
+    assert validate_farm(
+        v6(
+            scheduler=Scheduler.HASH,
+            sched_param=("srcip", "dstip", "srcport", "dstport", "srcmac", "dstmac"),
+        )
+    )

@@ -8,10 +8,10 @@ from reconciler.names import (
     LOAD_BALANCER,
     NODE_PORT,
     FarmKey,
-    frontend_segment,
     address_name,
     backend_name,
     farm_name,
+    frontend_segment,
     is_owned,
     is_shortened,
     parse_farm_name,
@@ -19,9 +19,13 @@ from reconciler.names import (
 
 
 def key(**kw: object) -> FarmKey:
-    base: dict[str, object] = dict(
-        namespace="default", service="web", port="http", protocol=Protocol.TCP, family=Family.IPV4
-    )
+    base: dict[str, object] = {
+        "namespace": "default",
+        "service": "web",
+        "port": "http",
+        "protocol": Protocol.TCP,
+        "family": Family.IPV4,
+    }
     base.update(kw)
     return FarmKey(**base)  # type: ignore[arg-type]
 
@@ -68,9 +72,18 @@ def test_long_names_are_cut_with_a_hash_and_stay_unique() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["web", "k8s", "k8s.default.web.http.tcp", "k8s.default.web.http.xdp.v4", "k8s.Default.web.http.tcp.v4",
-     "k8s.default.web.http.tcp.v4.int", "k8s.default.web.http.tcp.v4.ext", "kube.default.web.http.tcp.v4", "",
-     "k8s..web.http.tcp.v4"],
+    [
+        "web",
+        "k8s",
+        "k8s.default.web.http.tcp",
+        "k8s.default.web.http.xdp.v4",
+        "k8s.Default.web.http.tcp.v4",
+        "k8s.default.web.http.tcp.v4.int",
+        "k8s.default.web.http.tcp.v4.ext",
+        "kube.default.web.http.tcp.v4",
+        "",
+        "k8s..web.http.tcp.v4",
+    ],
 )
 def test_foreign_names_are_not_owned(name: str) -> None:
     assert not is_owned(name)
