@@ -18,13 +18,14 @@ from reconciler.farms import Backend, Farm
 class OpKind(StrEnum):
     """Operation kinds, in the order a plan applies them.
 
-    Deletes come first, so a (protocol, address, port) a new farm needs is never held twice;
+    Deletes come first, then updates (a farm whose frontend moves frees its old one), then
+    creates, so a (protocol, address, port) a new farm needs is never held twice;
     backends are upserted before surplus ones are deleted, so a farm never drops to zero.
     """
 
     DELETE_FARM = "delete-farm"
-    CREATE_FARM = "create-farm"
     UPDATE_FARM = "update-farm"
+    CREATE_FARM = "create-farm"
     UPSERT_BACKENDS = "upsert-backends"
     DELETE_BACKEND = "delete-backend"
 

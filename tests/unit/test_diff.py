@@ -120,3 +120,13 @@ def test_plan_json_is_stable() -> None:
     assert doc["version"] == 1 and doc["changed"] is True
     assert doc["counts"]["create-farm"] == 1
     assert doc["operations"][0]["op"] == "create-farm"
+
+
+def test_a_frontend_that_moves_to_another_farm_is_freed_before_the_new_farm_claims_it() -> None:
+    moving = applied(farm("k8s.a.moving.http.tcp.v4", ip="10.96.0.1"))
+    new = farm("k8s.a.new.http.tcp.v4", ip="10.96.0.1")
+    plan = diff([new, farm("k8s.a.moving.http.tcp.v4", ip="10.96.0.2")], [moving])
+    assert [(op.kind, op.farm_name) for op in plan] == [
+        (OpKind.UPDATE_FARM, "k8s.a.moving.http.tcp.v4"),
+        (OpKind.CREATE_FARM, "k8s.a.new.http.tcp.v4"),
+    ]
