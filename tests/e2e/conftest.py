@@ -1,0 +1,306 @@
+"""End-to-end fixtures: the real nftlb daemon in a private network namespace, and the kernel.
+
+Everything here runs only as root inside a network namespace of its own (so the host's
+nftables ruleset is never touched):
+
+    unshare -n env KUBE_NFTLB_E2E_NETNS=1 .venv/bin/pytest tests/e2e
+
+Otherwise every test in this directory is skipped with the reason. Because nftlb's GET is not
+the truth (`nftlb-api.md` item 22), the daemon fixture also reads ``nft -j list ruleset`` and
+extracts the service map elements and the backend DNAT maps, so tests can check the kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.farms import Family, Farm
+from reconciler.nftlb import NftlbClient
+
+HERE = Path(__file__).parent
+NFTLB = Path("/usr/sbin/nftlb")
+NETNS_ENV = "KUBE_NFTLB_E2E_NETNS"
+RUN_HINT = f"unshare -n env {NETNS_ENV}=1 .venv/bin/pytest tests/e2e"
+SERVICE_MAP_RE = re.compile(r"^(output-)?(filter|nat)-proto-services6?$")
+NFTLB_TABLES = (("ip", "nftlb"), ("ip6", "nftlb"), ("netdev", "nftlb"))
+
+#: (map family, map name, protocol, address, port) → goto target chain
+ServiceElements = dict[tuple[str, str, str, str, int], str]
+#: nat-<farm> chain → {(mark without nftlb's masquerade bit, ip, port or None)}
+DnatEntries = dict[str, set[tuple[int, str, int | None]]]
+
+
+def _links() -> list[str]:
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=False)
+    return [line.split(":")[1].strip().split("@")[0] for line in out.stdout.splitlines()]
+
+
+def _why_skip() -> str | None:
+    if os.geteuid() != 0:
+        return f"e2e tests need root in a private network namespace: {RUN_HINT}"
+    if not NFTLB.exists() or shutil.which("nft") is None:
+        return "e2e tests need Debian's nftlb (/usr/sbin/nftlb) and nft"
+    if os.environ.get(NETNS_ENV) != "1" and _links() != ["lo"]:
+        return f"refusing to touch this network namespace's nftables; run: {RUN_HINT}"
+    return None
+
+
+_SKIP_REASON = _why_skip()  # decided once, before any test adds links
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(pytest.mark.e2e)
+            if _SKIP_REASON:
+                item.add_marker(pytest.mark.skip(reason=_SKIP_REASON))
+
+
+# -- the kernel ---------------------------------------------------------------------------
+
+
+def nft(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["nft", *args], capture_output=True, text=True, check=check)
+
+
+def ruleset_json() -> list[dict[str, Any]]:
+    """``nft -j list ruleset`` as its list of objects (nft warns on stderr about some maps)."""
+    doc = json.loads(nft("-j", "list", "ruleset").stdout)
+    return [o for o in doc["nftables"] if "metainfo" not in o]
+
+
+def nftlb_objects(ruleset: Iterable[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for obj in ruleset:
+        for kind, body in obj.items():
+            if isinstance(body, dict) and body.get("table") == "nftlb":
+                yield kind, body
+
+
+def service_elements(ruleset: Iterable[dict[str, Any]]) -> ServiceElements:
+    """The elements of every ``*-proto-services`` map: which (protocol, address, port) goes to
+    which chain. Single ports only (what the reconciler sends)."""
+    out: ServiceElements = {}
+    for kind, body in nftlb_objects(ruleset):
+        if kind != "map" or not SERVICE_MAP_RE.match(body["name"]):
+            continue
+        for key, verdict in body.get("elem", []):
+            proto, address, port = key["concat"]
+            target = verdict.get("goto", verdict.get("jump", {})).get("target", str(verdict))
+            out[(body["family"], body["name"], proto, address, int(port))] = target
+    return out
+
+
+def dnat_entries(ruleset: Iterable[dict[str, Any]]) -> DnatEntries:
+    """The backend DNAT map of each ``nat-<farm>`` chain; a chain without one maps to set()."""
+    out: DnatEntries = {}
+    for kind, body in nftlb_objects(ruleset):
+        if kind == "chain" and body["name"].startswith("nat-"):
+            out.setdefault(body["name"], set())
+        if kind != "rule" or not body["chain"].startswith("nat-"):
+            continue
+        entries = out.setdefault(body["chain"], set())
+        for expr in body["expr"]:
+            dnat = expr.get("dnat")
+            if not dnat:
+                continue
+            for mark, target in dnat["addr"]["map"]["data"]["set"]:
+                if isinstance(target, dict):
+                    ip, port = target["concat"]
+                    entries.add((mark & 0x7FFFFFFF, ip, int(port)))
+                else:
+                    entries.add((mark & 0x7FFFFFFF, target, None))
+    return out
+
+
+def nftlb_tables(ruleset: Iterable[dict[str, Any]]) -> set[tuple[str, str]]:
+    return {
+        (obj["table"]["family"], obj["table"]["name"])
+        for obj in ruleset
+        if "table" in obj and obj["table"].get("name") == "nftlb"
+    }
+
+
+def leftovers(ruleset: Iterable[dict[str, Any]], farms: Iterable[str]) -> list[str]:
+    """Every nftlb object (chain, rule, map, set, ct helper, element ...) that still names one
+    of these farms: nothing of a deleted farm may be left in the kernel."""
+    names = list(farms)
+    out = []
+    for kind, body in nftlb_objects(ruleset):
+        text = json.dumps(body)
+        if any(name in text for name in names):
+            out.append(f"{kind} {body['family']} {body.get('name') or body.get('chain', '?')}")
+    return out
+
+
+def expected_service_elements(farms: Iterable[Farm]) -> ServiceElements:
+    """What the kernel must hold for these farms, exactly.
+
+    A farm has one frontend, sent as its own ``virtual-addr``/``virtual-ports`` shorthand;
+    nftlb puts it in the same ``[output-]{filter,nat}-proto-services[6]`` maps as any address
+    object (checked for tcp, udp and sctp, snat and dnat, both families), so this also
+    serves the characterisation tests that build farms with several addresses."""
+    out: ServiceElements = {}
+    for farm in farms:
+        family, suffix = ("ip", "") if farm.family is Family.IPV4 else ("ip6", "6")
+        prefixes = ("", "output-") if farm.intra_connect else ("",)
+        for a in farm.addresses:
+            for prefix in prefixes:
+                for kind in ("filter", "nat"):
+                    name = f"{prefix}{kind}-proto-services{suffix}"
+                    out[(family, name, a.protocol.value, a.ip, a.port)] = f"{kind}-{farm.name}"
+    return out
+
+
+def expected_dnat_entries(farms: Iterable[Farm]) -> DnatEntries:
+    return {f"nat-{f.name}": {(b.mark, b.ip, b.port) for b in f.backends} for f in farms}
+
+
+# -- the daemon ---------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NftlbDaemon:
+    """One /usr/sbin/nftlb on 127.0.0.1 with a random key; logs go to `log_path`.
+
+    Logs go to stderr (``-L 2``): with ``-L 1`` (stdout) into a file, nftlb's output is block
+    buffered and only shows up when it exits.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.key = secrets.token_hex(12)
+        self.key_file = workdir / "nftlb.key"
+        self.key_file.write_text(self.key + "\n")
+        self.log_path = workdir / "nftlb.log"
+        self.port = _free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        command = [str(NFTLB), "-k", self.key, "-H", "127.0.0.1", "-P", str(self.port)]
+        command += ["-L", "2", "-l", "3"]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nftlb exited with {self.process.returncode}: {self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("nftlb did not listen within 10 s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        """A fresh daemon: nftlb deletes its own tables when it starts."""
+        self.stop()
+        self.start()
+
+    def delete_tables(self) -> None:
+        for family, table in NFTLB_TABLES:
+            nft("delete", "table", family, table, check=False)
+
+    def client(self, **kwargs: Any) -> NftlbClient:
+        return NftlbClient(self.url, self.key, **kwargs)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def ruleset_json(self) -> list[dict[str, Any]]:
+        return ruleset_json()
+
+    def service_elements(self) -> ServiceElements:
+        return service_elements(ruleset_json())
+
+    def dnat_entries(self) -> DnatEntries:
+        return dnat_entries(ruleset_json())
+
+    def tables(self) -> set[tuple[str, str]]:
+        return nftlb_tables(ruleset_json())
+
+    def leftovers(self, farms: Iterable[str]) -> list[str]:
+        return leftovers(ruleset_json(), farms)
+
+    expected_service_elements = staticmethod(expected_service_elements)
+    expected_dnat_entries = staticmethod(expected_dnat_entries)
+
+    def assert_kernel(self, farms: Iterable[Farm]) -> None:
+        """Exactly these farms' service elements and backend DNAT maps, nothing else."""
+        farms = list(farms)
+        assert self.service_elements() == expected_service_elements(farms)
+        assert self.dnat_entries() == expected_dnat_entries(farms)
+
+    def reset(self) -> None:
+        """Delete every farm by name (never ``DELETE /farms``, which is what a bug would send);
+        restart instead when there are many (faster), or when deleting left rules behind
+        (nftlb 1.0.7 does, see test_nftlb_client_e2e.py)."""
+        if self.process is None or self.process.poll() is not None:
+            self.start()
+        with self.client() as c:
+            names = [farm["name"] for farm in c.get_farms_document()["farms"]]
+            if len(names) <= 50:
+                for name in names:
+                    c.delete_farm(name)
+            remaining = c.get_farms_document()["farms"]
+        if remaining or self.tables():
+            self.restart()
+
+
+@pytest.fixture(scope="session")
+def nftlb_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NftlbDaemon]:
+    daemon = NftlbDaemon(tmp_path_factory.mktemp("nftlb"))
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        daemon.delete_tables()  # nftlb leaves its rules in the kernel when it exits
+
+
+@pytest.fixture
+def clean_daemon(nftlb_daemon: NftlbDaemon) -> Iterator[NftlbDaemon]:
+    """The session daemon with no farms and no nftlb tables, before and after the test."""
+    nftlb_daemon.reset()
+    yield nftlb_daemon
+    nftlb_daemon.reset()
+
+
+@pytest.fixture
+def client(clean_daemon: NftlbDaemon) -> Iterator[NftlbClient]:
+    with clean_daemon.client() as c:
+        yield c

@@ -1,0 +1,288 @@
+"""Differential test: the in-memory NftlbModel against the real daemon, through one client.
+
+Random sequences of plan operations go to both; after every step the raw ``GET /farms``
+documents, and the normalised read-backs, must be equal, and equal to what was wanted, and
+both clients must have sent the same requests (IPv6 repairs included). This is what keeps
+`reconciler.nftlb_model` honest, so that the fast tests built on it mean something. As GET is
+not the truth, the kernel must also hold exactly the wanted farms' elements after every step:
+that checks the IPv6 repair of `NftlbClient.apply` under random sequences.
+
+The generator makes what the reconciler makes (farms `validate_farm` accepts: one frontend,
+sent as the farm's own shorthand; no persistence or hash keys that crash libnftables; no
+IPv4-only helpers on IPv6), and no two farms of one family sharing a ct helper object (same
+helper and protocol) or forward logging, which nftlb 1.0.7 cannot stop cleanly.
+test_nftlb_client_e2e.py characterises what happens outside.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import httpx
+from attrs import evolve
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from reconciler.farms import (
+    FARM_FIELDS,
+    LOG_HOOKS,
+    MAX_MARK,
+    PACKET_FIELDS,
+    Address,
+    Backend,
+    Family,
+    Farm,
+    Helper,
+    Mode,
+    Protocol,
+    Scheduler,
+    helper_fits,
+    persistence_fits,
+    sched_param_fits,
+    validate_farm,
+)
+from reconciler.names import FarmKey, address_name, backend_name, farm_name
+from reconciler.nftlb import ApplyResult, NftlbClient
+from reconciler.nftlb_model import NftlbModel
+from reconciler.plan import Operation, OpKind, Plan
+
+if TYPE_CHECKING:
+    from tests.e2e.conftest import NftlbDaemon
+
+SETTINGS = settings(
+    max_examples=int(os.environ.get("KUBE_NFTLB_DIFF_EXAMPLES", "20")),
+    stateful_step_count=8,
+    deadline=None,
+    # No shrinking: against the real daemon it takes minutes, and an example is <= 8 steps.
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+SERVICES = st.sampled_from(["web", "api", "db", "dns", "ftp", "sip"])
+OCTETS = st.integers(1, 40)
+PORTS = st.sampled_from([21, 53, 69, 80, 443, 5060, 8080, 30080])
+MARKS = st.integers(1, MAX_MARK)
+
+
+def vip(family: Family, octet: int) -> str:
+    return f"10.96.0.{octet}" if family is Family.IPV4 else f"fd00::{octet:x}"
+
+
+def endpoint_ip(family: Family, octet: int) -> str:
+    return f"10.1.0.{octet}" if family is Family.IPV4 else f"fd01::{octet:x}"
+
+
+def tokens(order: tuple[str, ...], *, min_size: int = 0) -> st.SearchStrategy[tuple[str, ...]]:
+    return st.sets(st.sampled_from(order), min_size=min_size).map(
+        lambda s: tuple(t for t in order if t in s)
+    )
+
+
+#: Every canonical token set of the packet fields (64 of them).
+TOKEN_SETS = [
+    tuple(t for i, t in enumerate(PACKET_FIELDS) if bits & (1 << i))
+    for bits in range(1 << len(PACKET_FIELDS))
+]
+
+
+@st.composite
+def farm_fields(draw: st.DrawFn, family: Family, protocol: Protocol) -> dict[str, object]:
+    """Farm-level fields nftlb 1.0.7 can carry out for this family and protocol (what
+    `validate_farm` accepts: measured limits, see test_nftlb_client_e2e)."""
+    scheduler = draw(st.sampled_from(Scheduler))
+    persistence = draw(st.sampled_from([t for t in TOKEN_SETS if persistence_fits(family, t)]))
+    hashed = st.sampled_from([t for t in TOKEN_SETS if t and sched_param_fits(family, t)])
+    helpers = [h for h in Helper if helper_fits(family, protocol, h)]
+    return {
+        "mode": draw(st.sampled_from(Mode)),
+        "scheduler": scheduler,
+        "sched_param": draw(hashed) if scheduler is Scheduler.HASH else (),
+        "persistence": persistence,
+        "persist_ttl": draw(st.sampled_from([0, 60, 300, 10800])),
+        "helper": draw(st.sampled_from(helpers)),
+        "log": draw(tokens(LOG_HOOKS)),
+        "est_connlimit": draw(st.sampled_from([0, 10])),
+        "intra_connect": draw(st.booleans()),
+    }
+
+
+@st.composite
+def backends(
+    draw: st.DrawFn, family: Family, count: int, used_marks: set[int]
+) -> tuple[Backend, ...]:
+    """Up to `count` backends with marks not in `used_marks` (which it extends)."""
+    out = []
+    endpoints = draw(st.lists(st.tuples(OCTETS, PORTS), min_size=count, max_size=count))
+    for octet, port in dict.fromkeys(endpoints):
+        mark = draw(MARKS.filter(lambda m: m not in used_marks))
+        used_marks.add(mark)
+        ip = endpoint_ip(family, octet)
+        out.append(Backend(backend_name(ip, port), ip, port, draw(st.integers(1, 5)), mark))
+    return tuple(out)
+
+
+class Differential(RuleBasedStateMachine):
+    """One example: a fresh model, the real daemon emptied by farm name, and random steps."""
+
+    daemon: NftlbDaemon
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Farms are deleted by name (never DELETE /farms); the daemon is restarted only when
+        # that leaves rules behind, which nftlb 1.0.7 does (IPv6 farms deleted one by one).
+        self.daemon.reset()
+        self.real = self.daemon.client()
+        self.model = NftlbModel(self.daemon.key)
+        transport = httpx.MockTransport(self.model.as_handler())
+        self.fake = NftlbClient("http://nftlb", self.daemon.key, transport=transport)
+        self.wanted: dict[str, Farm] = {}
+
+    def teardown(self) -> None:
+        self.real.close()
+        self.fake.close()
+
+    def used_tuples(self, skip: str = "") -> set[tuple[Protocol, str, int]]:
+        return {a.tuple_key for f in self.wanted.values() if f.name != skip for a in f.addresses}
+
+    def apply(self, op: Operation, after: Farm | None) -> None:
+        """Send `op` to both; `after` is the farm it should leave (None: gone). Both must
+        answer alike, with the same requests (IPv6 repairs included), and succeed."""
+        plan = Plan((op,))
+        real: ApplyResult = self.real.apply(plan)
+        fake: ApplyResult = self.fake.apply(plan)
+        assert real == fake
+        assert real.ok, real.failures
+        if after is None:
+            self.wanted.pop(op.farm_name, None)
+        else:
+            self.wanted[op.farm_name] = after
+
+    @initialize()
+    def empty(self) -> None:
+        assert self.real.get_farms_document() == {"farms": []}
+
+    def unshared(
+        self, name: str, fields: dict[str, object], family: Family, protocol: Protocol
+    ) -> dict[str, object]:
+        """`fields` without what nftlb 1.0.7 cannot stop once another farm shares it (see
+        test_nftlb_client_e2e): a ct helper object (one per family, helper and protocol), and
+        the base forward chain of a family's forward logs. The reconciler must not make
+        such farms either; they are not generated here."""
+        others = [f for f in self.wanted.values() if f.name != name and f.family is family]
+        helper = fields["helper"]
+        if any(f.helper is helper and f.protocol is protocol for f in others):
+            fields = fields | {"helper": Helper.NONE}
+        log: tuple[str, ...] = fields["log"]  # type: ignore[assignment]
+        if any("forward" in f.log for f in others):
+            fields = fields | {"log": tuple(h for h in log if h != "forward")}
+        return fields
+
+    def frontend(
+        self, data: st.DataObject, name: str, family: Family, protocol: Protocol
+    ) -> Address | None:
+        """A frontend for farm `name` whose (protocol, address, port) no other farm holds."""
+        octet, port = data.draw(st.tuples(OCTETS, PORTS), label="frontend")
+        address = Address(address_name(name), family, vip(family, octet), port, protocol)
+        return None if address.tuple_key in self.used_tuples(skip=name) else address
+
+    @rule(data=st.data(), service=SERVICES, family=st.sampled_from(Family))
+    def create_farm(self, data: st.DataObject, service: str, family: Family) -> None:
+        protocol = data.draw(st.sampled_from(Protocol))
+        name = farm_name(FarmKey("diff", service, "p", protocol, family))
+        if name in self.wanted:
+            return
+        address = self.frontend(data, name, family, protocol)
+        if address is None:
+            return
+        count = data.draw(st.integers(0, 3))
+        fields = self.unshared(name, data.draw(farm_fields(family, protocol)), family, protocol)
+        farm = Farm(
+            name,
+            family,
+            protocol,
+            (address,),
+            data.draw(backends(family, count, set())),
+            **fields,  # type: ignore[arg-type]
+        )
+        assert validate_farm(farm) == [], validate_farm(farm)
+        self.apply(Operation(OpKind.CREATE_FARM, name, farm=farm), farm)
+
+    def pick(self, data: st.DataObject) -> Farm:
+        return self.wanted[data.draw(st.sampled_from(sorted(self.wanted)))]
+
+    @precondition(lambda self: self.wanted)
+    @rule(data=st.data())
+    def update_fields(self, data: st.DataObject) -> None:
+        farm = self.pick(data)
+        fields = data.draw(farm_fields(farm.family, farm.protocol))
+        fields = self.unshared(farm.name, fields, farm.family, farm.protocol)
+        wanted = evolve(farm, **fields)  # type: ignore[arg-type]
+        changed = tuple(f for f in FARM_FIELDS if getattr(farm, f) != getattr(wanted, f))
+        if data.draw(st.booleans(), label="move the frontend"):
+            address = self.frontend(data, farm.name, farm.family, farm.protocol)
+            if address is not None and address != farm.addresses[0]:
+                wanted = evolve(wanted, addresses=(address,))
+                changed += ("addresses",)
+        assert validate_farm(wanted) == [], validate_farm(wanted)
+        self.apply(Operation(OpKind.UPDATE_FARM, farm.name, farm=wanted, fields=changed), wanted)
+
+    @precondition(lambda self: self.wanted)
+    @rule(data=st.data())
+    def upsert_backends(self, data: st.DataObject) -> None:
+        farm = self.pick(data)
+        changed = tuple(
+            evolve(b, weight=b.weight % 5 + 1)
+            for b in farm.backends
+            if data.draw(st.booleans(), label=f"change {b.name}")
+        )
+        used = {b.mark for b in farm.backends}
+        count = data.draw(st.integers(0, 2))
+        new = data.draw(backends(farm.family, count, used))
+        new = tuple(b for b in new if farm.backend(b.name) is None)
+        if not changed and not new:
+            return
+        kept = {b.name: b for b in farm.backends} | {b.name: b for b in (*changed, *new)}
+        op = Operation(OpKind.UPSERT_BACKENDS, farm.name, backends=(*changed, *new))
+        self.apply(op, evolve(farm, backends=tuple(kept.values())))
+
+    @precondition(lambda self: any(f.backends for f in self.wanted.values()))
+    @rule(data=st.data())
+    def delete_backend(self, data: st.DataObject) -> None:
+        farm = data.draw(st.sampled_from([f for f in self.wanted.values() if f.backends]))
+        gone = data.draw(st.sampled_from(farm.backends))
+        after = evolve(farm, backends=tuple(b for b in farm.backends if b != gone))
+        self.apply(Operation(OpKind.DELETE_BACKEND, farm.name, target=gone.name), after)
+
+    @precondition(lambda self: self.wanted)
+    @rule(data=st.data())
+    def delete_farm(self, data: st.DataObject) -> None:
+        farm = self.pick(data)
+        self.apply(Operation(OpKind.DELETE_FARM, farm.name), None)
+
+    @invariant()
+    def model_and_daemon_agree(self) -> None:
+        real_doc = self.real.get_farms_document()
+        assert real_doc == self.fake.get_farms_document()
+        real = self.real.get_farms()
+        assert real == self.fake.get_farms()
+        assert real.owned == tuple(sorted(self.wanted.values(), key=lambda f: f.name))
+        assert (real.foreign, real.unparsable) == ((), ())
+
+    @invariant()
+    def the_kernel_holds_exactly_the_wanted_farms(self) -> None:
+        self.daemon.assert_kernel(self.wanted.values())
+        assert all(f.rules for f in self.model.farms.values())
+
+
+def test_model_matches_the_daemon(clean_daemon: NftlbDaemon) -> None:
+    Differential.daemon = clean_daemon
+    run_state_machine_as_test(Differential, settings=SETTINGS)

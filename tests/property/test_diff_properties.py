@@ -1,0 +1,103 @@
+"""Properties of the diff engine, applied through the real client to the in-memory nftlb model."""
+
+from __future__ import annotations
+
+import httpx
+from attrs import evolve
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reconciler.diff import diff
+from reconciler.farms import Farm, Scheduler, assign_marks
+from reconciler.nftlb import NftlbClient
+from reconciler.nftlb_model import NftlbModel
+from reconciler.plan import OpKind
+from reconciler.wire import Request, farm_body, requests_for
+from tests.property.test_wire_model import farms
+
+
+def _unique(items: list[Farm]) -> list[Farm]:
+    """Distinct names and frontends, as desired_farms guarantees."""
+    names: set[str] = set()
+    tuples: set[object] = set()
+    out = []
+    for f in items:
+        key = f.addresses[0].tuple_key
+        if f.name not in names and key not in tuples:
+            names.add(f.name)
+            tuples.add(key)
+            out.append(f)
+    return out
+
+
+def _unmarked(farm: Farm) -> Farm:
+    return evolve(farm, backends=tuple(evolve(b, mark=0) for b in farm.backends))
+
+
+FARM_SETS = st.lists(farms(), max_size=5).map(_unique)
+FOREIGN = st.lists(st.sampled_from(["web--http", "legacy-farm", "my.own.farm"]), unique=True, max_size=2)
+
+
+def _nftlb(actual: list[Farm], foreign: list[str]) -> tuple[NftlbModel, NftlbClient]:
+    model = NftlbModel("k")
+    client = NftlbClient("http://nftlb", "k", transport=httpx.MockTransport(model.as_handler()))
+    if actual:
+        assert client.post_farms([assign_marks(f, None) for f in actual]).ok
+    for i, name in enumerate(foreign):
+        body = {"name": name, "family": "ipv4", "virtual-addr": f"192.0.2.{i + 1}", "virtual-ports": "80"}
+        client.send(Request("POST", "/farms", {"farms": [body]}))
+    return model, client
+
+
+@given(FARM_SETS)
+def test_a_state_diffed_with_itself_is_empty(desired: list[Farm]) -> None:
+    marked = [assign_marks(f, None) for f in desired]
+    assert not diff(desired, marked)
+
+
+@given(FARM_SETS, FARM_SETS, FOREIGN)
+def test_applying_the_plan_makes_nftlb_equal_to_desired_and_leaves_foreign_farms(
+    desired: list[Farm], actual: list[Farm], foreign: list[str]
+) -> None:
+    desired = _unique(desired)
+    # A frontend held by an actual farm of another name is freed first (delete before create).
+    _, client = _nftlb(actual, foreign)
+    before = client.get_farms()
+    plan = diff(desired, before.owned)
+    assert not ({op.farm_name for op in plan} & set(foreign))
+    result = client.apply(plan)
+    assert result.ok, result.failures
+    after = client.get_farms()
+    assert sorted(after.foreign) == sorted(foreign)
+    assert {f.name: _unmarked(f) for f in after.owned} == {f.name: _unmarked(f) for f in desired}
+    assert all(b.mark for f in after.owned for b in f.backends), "every backend has an explicit mark"
+    assert not diff(desired, after.owned), "a second diff is empty"
+    again = client.apply(diff(desired, after.owned))
+    assert again.requests == 0, "applying the plan twice changes nothing the second time"
+
+
+@given(farms(), st.sampled_from(list(Scheduler)))
+def test_one_field_change_is_one_operation_carrying_that_field(farm: Farm, scheduler: Scheduler) -> None:
+    have = assign_marks(farm, None)
+    sched_param = ("srcip",) if scheduler is Scheduler.HASH else ()
+    if (farm.scheduler, farm.sched_param) == (scheduler, sched_param):
+        return
+    want = evolve(farm, scheduler=scheduler, sched_param=sched_param)
+    plan = diff([want], [have])
+    assert [op.kind for op in plan] == [OpKind.UPDATE_FARM]
+    paths = {c.path for c in plan.operations[0].changes}
+    assert "scheduler" in paths or farm.scheduler == scheduler
+    assert paths <= {"scheduler", "sched-param"}
+
+
+@given(FARM_SETS, FARM_SETS)
+def test_no_request_of_any_plan_has_an_empty_path_segment(desired: list[Farm], actual: list[Farm]) -> None:
+    plan = diff(desired, [assign_marks(f, None) for f in actual])
+    for op in plan:
+        for request in requests_for(op):
+            assert "//" not in request.path and not request.path.endswith("/")
+            assert all(request.path.split("/")[1:])
+            if request.body is not None:
+                assert all(next(iter(b)) == "name" for b in request.body["farms"])
+    for f in desired:
+        assert next(iter(farm_body(f))) == "name"
