@@ -126,7 +126,8 @@ _SPECS = (
         ("none", *LOG_HOOKS),
         "none",
         "The netfilter hooks where new connections are logged, separated by spaces or commas, "
-        "or none.",
+        "or none. nftlb's forward hook is refused: in nftlb 1.0.7 forward-logging farms "
+        "collide on their backend marks and silently get no rules.",
     ),
     AnnotationSpec(
         EST_CONNLIMIT,

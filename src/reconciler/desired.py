@@ -14,7 +14,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 from reconciler.annotations import FarmOptions, farm_options
 from reconciler.endpoints import select_endpoints
@@ -340,6 +340,37 @@ def _resolve_conflicts(candidates: list[_Candidate], problems: list[Problem]) ->
     return farms
 
 
+def _one_farm_per_helper(
+    candidates: list[_Candidate], farms: list[Farm], problems: list[Problem]
+) -> list[Farm]:
+    """nftlb 1.0.7 shares one ct helper object between farms of a family and protocol, and then
+    cannot change or delete them cleanly; so the oldest Service's first farm keeps the helper."""
+    rank = {c.farm.name: c.rank for c in candidates}
+    owner = {c.farm.name: c.service for c in candidates}
+    holders: dict[tuple[Family, Protocol, Helper], str] = {}
+    out: list[Farm] = []
+    for farm in sorted(farms, key=lambda f: rank[f.name]):
+        if farm.helper is Helper.NONE:
+            out.append(farm)
+            continue
+        holder = holders.setdefault((farm.family, farm.protocol, farm.helper), farm.name)
+        if holder == farm.name:
+            out.append(farm)
+            continue
+        problems.append(
+            Problem(
+                _ref(owner[farm.name]),
+                "HelperShared",
+                f"helper {farm.helper.value!r} is already used by farm {holder}; nftlb 1.0.7 "
+                f"cannot share one between farms, so farm {farm.name} gets none",
+                key="helper",
+                value=farm.helper.value,
+            )
+        )
+        out.append(evolve(farm, helper=Helper.NONE))
+    return out
+
+
 @frozen
 class ServiceFarms:
     """The farms one Service asks for before conflicts are decided, and its own problems.
@@ -389,7 +420,8 @@ def resolve(
     farms: list[Farm] = []
     owners: list[tuple[str, tuple[str, str]]] = []
     by_name = {c.farm.name: c.service for c in candidates}
-    for farm in _resolve_conflicts(candidates, problems):
+    kept = _one_farm_per_helper(candidates, _resolve_conflicts(candidates, problems), problems)
+    for farm in kept:
         known = validated.get(farm.name) if validated is not None else None
         errors = (
             [] if known is not None and (known is farm or known == farm) else validate_farm(farm)

@@ -61,8 +61,12 @@ class Helper(StrEnum):
 
 #: Packet fields accepted by `sched-param` and `persistence`, in nftlb's canonical order.
 PACKET_FIELDS: tuple[str, ...] = ("srcip", "dstip", "srcport", "dstport", "srcmac", "dstmac")
-#: Hooks accepted by `log`, in canonical order.
-LOG_HOOKS: tuple[str, ...] = ("input", "forward", "output")
+#: Hooks accepted by `log`, in canonical order. nftlb's third hook, ``forward``, is left out: in
+#: 1.0.7 forward-logging farms are keyed by backend mark alone, so farms with per-farm marks
+#: collide and silently get no rules (found on the real daemon).
+LOG_HOOKS: tuple[str, ...] = ("input", "output")
+#: Every hook nftlb knows, for reading farms back (a forward log found there is then removed).
+NFTLB_LOG_HOOKS: tuple[str, ...] = ("input", "forward", "output")
 #: Which helpers fit which protocol (nftlb refuses or marks config_error otherwise).
 HELPERS_BY_PROTOCOL: dict[Protocol, frozenset[Helper]] = {
     Protocol.TCP: frozenset({Helper.NONE, Helper.FTP, Helper.PPTP, Helper.SIP}),
@@ -265,7 +269,7 @@ def validate_farm(farm: Farm) -> list[str]:
     if farm.persistence != canonical_tokens(farm.persistence, PACKET_FIELDS):
         errors.append(f"persistence {farm.persistence} is not canonical packet fields")
     if farm.log != canonical_tokens(farm.log, LOG_HOOKS):
-        errors.append(f"log {farm.log} is not canonical hooks")
+        errors.append(f"log {farm.log} is not canonical hooks of {', '.join(LOG_HOOKS)}")
     if not 0 <= farm.persist_ttl <= MAX_PERSIST_TTL:
         errors.append(f"persist-ttl {farm.persist_ttl} is not in 0-{MAX_PERSIST_TTL}")
     if not 0 <= farm.est_connlimit <= 1_000_000:
@@ -284,7 +288,12 @@ def validate_farms(farms: Iterable[Farm]) -> list[str]:
     errors: list[str] = []
     names: set[str] = set()
     tuples: dict[tuple[Protocol, str, int], str] = {}
+    helpers: dict[tuple[Family, Protocol, Helper], str] = {}
     for farm in farms:
+        if farm.helper is not Helper.NONE:
+            holder = helpers.setdefault((farm.family, farm.protocol, farm.helper), farm.name)
+            if holder != farm.name:
+                errors.append(f"{farm.name}: helper {farm.helper} is also used by {holder}")
         errors.extend(f"{farm.name}: {e}" for e in validate_farm(farm))
         if farm.name in names:
             errors.append(f"{farm.name}: the farm name is used twice")

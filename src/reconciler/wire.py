@@ -39,8 +39,8 @@ from attrs import frozen
 
 from reconciler.farms import (
     FARM_FIELDS,
-    LOG_HOOKS,
     NAME_RE,
+    NFTLB_LOG_HOOKS,
     OBJECT_NAME_RE,
     PACKET_FIELDS,
     Address,
@@ -382,7 +382,7 @@ def _parse_farm(obj: Mapping[str, Any]) -> Farm:
         persistence=_read_tokens(_str(obj, "persistence", "none"), PACKET_FIELDS),
         persist_ttl=_int_or(obj.get("persist-ttl"), -1),
         helper=_enum(Helper, _str(obj, "helper", "none")),
-        log=_read_tokens(_str(obj, "log", "none"), LOG_HOOKS),
+        log=_read_tokens(_str(obj, "log", "none"), NFTLB_LOG_HOOKS),
         est_connlimit=_int_or(obj.get("est-connlimit"), -1),
         intra_connect=obj.get("intra-connect") == "on",
     )

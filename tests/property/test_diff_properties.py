@@ -35,7 +35,9 @@ def _unmarked(farm: Farm) -> Farm:
 
 
 FARM_SETS = st.lists(farms(), max_size=5).map(_unique)
-FOREIGN = st.lists(st.sampled_from(["web--http", "legacy-farm", "my.own.farm"]), unique=True, max_size=2)
+FOREIGN = st.lists(
+    st.sampled_from(["web--http", "legacy-farm", "my.own.farm"]), unique=True, max_size=2
+)
 
 
 def _nftlb(actual: list[Farm], foreign: list[str]) -> tuple[NftlbModel, NftlbClient]:
@@ -44,7 +46,12 @@ def _nftlb(actual: list[Farm], foreign: list[str]) -> tuple[NftlbModel, NftlbCli
     if actual:
         assert client.post_farms([assign_marks(f, None) for f in actual]).ok
     for i, name in enumerate(foreign):
-        body = {"name": name, "family": "ipv4", "virtual-addr": f"192.0.2.{i + 1}", "virtual-ports": "80"}
+        body = {
+            "name": name,
+            "family": "ipv4",
+            "virtual-addr": f"192.0.2.{i + 1}",
+            "virtual-ports": "80",
+        }
         client.send(Request("POST", "/farms", {"farms": [body]}))
     return model, client
 
@@ -70,14 +77,18 @@ def test_applying_the_plan_makes_nftlb_equal_to_desired_and_leaves_foreign_farms
     after = client.get_farms()
     assert sorted(after.foreign) == sorted(foreign)
     assert {f.name: _unmarked(f) for f in after.owned} == {f.name: _unmarked(f) for f in desired}
-    assert all(b.mark for f in after.owned for b in f.backends), "every backend has an explicit mark"
+    assert all(b.mark for f in after.owned for b in f.backends), (
+        "every backend has an explicit mark"
+    )
     assert not diff(desired, after.owned), "a second diff is empty"
     again = client.apply(diff(desired, after.owned))
     assert again.requests == 0, "applying the plan twice changes nothing the second time"
 
 
 @given(farms(), st.sampled_from(list(Scheduler)))
-def test_one_field_change_is_one_operation_carrying_that_field(farm: Farm, scheduler: Scheduler) -> None:
+def test_one_field_change_is_one_operation_carrying_that_field(
+    farm: Farm, scheduler: Scheduler
+) -> None:
     have = assign_marks(farm, None)
     sched_param = ("srcip",) if scheduler is Scheduler.HASH else ()
     if (farm.scheduler, farm.sched_param) == (scheduler, sched_param):
@@ -91,7 +102,9 @@ def test_one_field_change_is_one_operation_carrying_that_field(farm: Farm, sched
 
 
 @given(FARM_SETS, FARM_SETS)
-def test_no_request_of_any_plan_has_an_empty_path_segment(desired: list[Farm], actual: list[Farm]) -> None:
+def test_no_request_of_any_plan_has_an_empty_path_segment(
+    desired: list[Farm], actual: list[Farm]
+) -> None:
     plan = diff(desired, [assign_marks(f, None) for f in actual])
     for op in plan:
         for request in requests_for(op):

@@ -94,10 +94,17 @@ def test_every_annotation_with_a_good_value() -> None:
 
 def test_values_are_stripped_and_case_insensitive() -> None:
     opts = options(
-        {P + "mode": "  SNAT ", P + "scheduler": "Weight", P + "log": " Forward , INPUT "}
+        {P + "mode": "  SNAT ", P + "scheduler": "Weight", P + "log": " Output , INPUT "}
     )
     assert (opts.mode, opts.mode_set, opts.scheduler) == (Mode.SNAT, True, Scheduler.WEIGHT)
-    assert opts.log == ("input", "forward")
+    assert opts.log == ("input", "output")
+
+
+def test_the_forward_log_hook_is_refused_with_the_reason() -> None:
+    opts, problems = farm_options(svc({P + "log": "forward"}))
+    assert opts.log == ()
+    [problem] = problems
+    assert problem.value == "forward" and problem.allowed == ("none", "input", "output")
 
 
 def test_only_prefixed_keys_count() -> None:

@@ -228,3 +228,15 @@ def test_settings_nftlb_cannot_build_for_ipv6_fall_back_with_a_problem() -> None
     assert v6.persistence == () and v6.helper is Helper.NONE
     keys = sorted(p.key for p in out["_problems"] if p.reason == "InvalidAnnotation")
     assert keys == ["helper", "persistence"]
+
+
+def test_a_helper_is_kept_by_one_farm_only_since_nftlb_shares_it() -> None:
+    ftp = {"service.kubernetes.io/kube-nftlb-load-balancer-helper": "ftp"}
+    out = farms(
+        svc("old", ip="10.96.0.1", annotations=ftp, created="2026-01-01T00:00:00Z"),
+        svc("new", ip="10.96.0.2", annotations=ftp, created="2026-02-01T00:00:00Z"),
+    )
+    assert out["k8s.default.old.http.tcp.v4"].helper is Helper.FTP
+    assert out["k8s.default.new.http.tcp.v4"].helper is Helper.NONE
+    (problem,) = [p for p in out["_problems"] if p.reason == "HelperShared"]
+    assert problem.ref.name == "new" and "k8s.default.old.http.tcp.v4" in problem.message

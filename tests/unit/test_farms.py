@@ -143,3 +143,9 @@ def test_what_crashes_or_silently_breaks_nftlb_is_refused() -> None:
             sched_param=("srcip", "dstip", "srcport", "dstport", "srcmac", "dstmac"),
         )
     )
+
+
+def test_two_farms_may_not_share_a_helper() -> None:
+    a = farm("k8s.a.ftp.ctl.tcp.v4", helper=Helper.FTP)
+    b = farm("k8s.b.ftp.ctl.tcp.v4", ip="10.96.0.2", helper=Helper.FTP)
+    assert any("helper ftp is also used by" in e for e in validate_farms([a, b]))

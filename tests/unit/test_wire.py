@@ -331,7 +331,7 @@ class TestParse:
             sched_param=("srcip", "srcport"),
             persistence=("srcip",),
             persist_ttl=300,
-            log=("input", "forward"),
+            log=("input", "output"),
             est_connlimit=5,
             helper=Helper.FTP,
         )
