@@ -92,6 +92,7 @@ from reconciler.names import is_owned, parse_farm_name
 from reconciler.plan import Operation, OpKind, Plan
 from reconciler.wire import (
     FARMS_PATH,
+    JSONObject,
     ReadBack,
     Request,
     farm_body,
@@ -453,6 +454,16 @@ class NftlbClient:
                         )
                     i = j
                     continue
+                if op.kind is OpKind.UPSERT_BACKENDS:
+                    j = i
+                    while j < len(ops) and ops[j].kind is OpKind.UPSERT_BACKENDS:
+                        j += 1
+                    failed = {f.farm for f in failures}
+                    isolated += self._upsert(
+                        [o for o in ops[i:j] if o.farm_name not in failed], failures
+                    )
+                    i = j
+                    continue
                 if op.farm_name not in {f.farm for f in failures}:
                     if wipe.needs_repair_before(op):
                         repairs += self._repair_ipv6(wipe, failures, before=op.farm_name)
@@ -543,6 +554,32 @@ class NftlbClient:
                     self.send(post_farms_request([farm_body(farm)]))
                 except NftlbRejected as exc:
                     failures.append(self._failure(farm.name, OpKind.CREATE_FARM, exc))
+        return isolated
+
+    def _upsert(self, ops: Sequence[Operation], failures: list[FarmFailure]) -> int:
+        """Backend upserts of several farms share POSTs (a new endpoint of a Service with a node
+        port is one request for all its farms); a refused chunk is retried farm by farm."""
+        bodies: list[tuple[Operation, JSONObject]] = []
+        for op in ops:
+            try:
+                bodies.extend((op, r.body) for r in requests_for(op) if r.body is not None)
+            except ValueError as exc:
+                failures.append(_refused(op.farm_name, op.kind, exc))
+        isolated = 0
+        for start in range(0, len(bodies), self.chunk_size):
+            chunk = bodies[start : start + self.chunk_size]
+            try:
+                self.send(post_farms_request([f for _, body in chunk for f in body["farms"]]))
+                continue
+            except NftlbRejected as exc:
+                if len(chunk) == 1:
+                    failures.append(
+                        self._failure(chunk[0][0].farm_name, OpKind.UPSERT_BACKENDS, exc)
+                    )
+                    continue
+            isolated += 1
+            for op, _ in chunk:
+                self._apply_one(op, failures)
         return isolated
 
     def _failure(self, farm: str, kind: OpKind, exc: NftlbRejected) -> FarmFailure:

@@ -670,3 +670,34 @@ class TestModelQuirks:
         client.send(Request("POST", "/farms", {"farms": [{"name": plain.name, "mode": "dnat"}]}))
         assert mode(plain.name) == "dnat"  # applied, after a full rebuild in nftlb
         assert model.recoveries == 2
+
+
+def test_backend_upserts_of_several_farms_share_a_post_and_a_refused_farm_is_isolated(
+    model: NftlbModel,
+) -> None:
+    farms = [make_farm(i, backends=1) for i in range(3)]
+    handler = model.as_handler()
+    seen: list[int] = []
+    refuse = [False]
+
+    def refusing(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            names = [f["name"] for f in json.loads(request.content)["farms"]]
+            seen.append(len(names))
+            if refuse[0] and farms[1].name in names:
+                return httpx.Response(400, content=b'{"response": "error parsing buffer"}')
+        return handler(request)
+
+    with NftlbClient("http://nftlb", KEY, transport=httpx.MockTransport(refusing)) as c:
+        assert c.post_farms(farms).ok
+        wanted = [make_farm(i, backends=2) for i in range(3)]
+        plan = diff(wanted, c.get_farms().owned)
+        assert [op.kind for op in plan] == [OpKind.UPSERT_BACKENDS] * 3
+        seen.clear()
+        refuse[0] = True
+        result = c.apply(plan)
+        assert seen[0] == 3, "one POST for the three farms first"
+        assert [f.farm for f in result.failures] == [farms[1].name]
+        got = c.get_farms().by_name()
+    assert len(got[farms[0].name].backends) == len(got[farms[2].name].backends) == 2
+    assert len(got[farms[1].name].backends) == 1
