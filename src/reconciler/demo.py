@@ -215,25 +215,11 @@ def run_demo() -> int:
         key_file.chmod(0o400)
         with FakeApiServer() as fake:
             fake.seed(load_paths([examples]))
-            kubeconfig = workdir / "kubeconfig"
-            kubeconfig.write_text(
-                json.dumps(
-                    {
-                        "apiVersion": "v1",
-                        "kind": "Config",
-                        "clusters": [{"name": "demo", "cluster": {"server": fake.url}}],
-                        "users": [{"name": "demo", "user": {}}],
-                        "contexts": [
-                            {"name": "demo", "context": {"cluster": "demo", "user": "demo"}}
-                        ],
-                        "current-context": "demo",
-                    }
-                )
-            )
+            kubeconfig = fake.write_kubeconfig(workdir / "kubeconfig")
             _title("kube-nftlb demo")
             _say(f"  nftlb {url} in a private network namespace; fake API server {fake.url}")
             _say(f"  cluster: {examples} (node-1)")
-            command = [sys.executable, "-m", "reconciler", "run", "--kubeconfig", str(kubeconfig)]
+            command = [sys.executable, "-m", "reconciler", "run", "--kubeconfig", kubeconfig]
             command += [
                 "--nftlb-url",
                 url,

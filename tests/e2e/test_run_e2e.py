@@ -51,19 +51,7 @@ class Agent:
         self, workdir: Path, fake: FakeApiServer, daemon: NftlbDaemon, key_file: Path | None = None
     ) -> None:
         self.workdir, self.fake, self.daemon = workdir, fake, daemon
-        self.kubeconfig = workdir / "kubeconfig"
-        self.kubeconfig.write_text(
-            json.dumps(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
-                    "users": [{"name": "fake", "user": {}}],
-                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-                    "current-context": "fake",
-                }
-            )
-        )
+        self.kubeconfig = fake.write_kubeconfig(workdir / "kubeconfig")
         self.key_file = key_file or daemon.key_file
         self.port = _free_port()
         self.logs: list[Path] = []
@@ -72,7 +60,7 @@ class Agent:
     def start(self) -> None:
         log = self.workdir / f"run-{len(self.logs)}.log"
         self.logs.append(log)
-        command = [sys.executable, "-m", "reconciler", "run", "--kubeconfig", str(self.kubeconfig)]
+        command = [sys.executable, "-m", "reconciler", "run", "--kubeconfig", self.kubeconfig]
         command += ["--nftlb-url", self.daemon.url, "--nftlb-key-file", str(self.key_file)]
         command += ["--node-name", "node-1", "--resync-period", "2s", "--min-sync-interval", "20ms"]
         command += ["--watch-timeout", "5s", "--watch-stall-timeout", "3s"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -82,27 +81,18 @@ def test_diff_exit_codes_against_empty_and_saved_state(
     assert code == 2 and "farms" in err
 
 
-def _kubeconfig(tmp_path: Path, url: str) -> str:
-    cfg: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "f", "cluster": {"server": url}}],
-        "users": [{"name": "f", "user": {}}],
-        "contexts": [{"name": "f", "context": {"cluster": "f", "user": "f"}}],
-        "current-context": "f",
-    }
-    path = tmp_path / "kubeconfig"
-    path.write_text(json.dumps(cfg))
-    return str(path)
-
-
 def test_render_reads_the_live_cluster_without_files(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with FakeApiServer() as fake:
         fake.seed(load_paths([EXAMPLES]))
         code, live, _ = run(
-            capsys, "render", "--kubeconfig", _kubeconfig(tmp_path, fake.url), "--node", "node-1"
+            capsys,
+            "render",
+            "--kubeconfig",
+            fake.write_kubeconfig(tmp_path / "kubeconfig"),
+            "--node",
+            "node-1",
         )
     code2, files, _ = run(capsys, "render", "-f", str(EXAMPLES), "--node", "node-1")
     assert code == code2 == 0

@@ -11,6 +11,7 @@ import copy
 import json
 import logging
 import math
+import os
 import queue
 import socket
 import threading
@@ -544,6 +545,20 @@ class FakeApiServer:
             raise RuntimeError("FakeApiServer is not running; call start() or use `with`")
         host, port = self._httpd.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    def write_kubeconfig(self, path: str | os.PathLike[str]) -> str:
+        """A kubeconfig for this server (no auth), so a real `kube-nftlb` process can use it."""
+        doc = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": "fake", "user": {}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+            "current-context": "fake",
+        }
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(doc, f)
+        return os.fspath(path)
 
     # ------------------------------------------------------------ state hooks
 
