@@ -283,3 +283,19 @@ def test_wrong_key_gives_a_clear_error_and_no_crash(
     finally:
         assert agent.stop() == 0
     assert "not-the-key" not in agent.logs[0].read_text()
+
+
+def test_once_does_one_full_sync_and_exits(
+    tmp_path: Path, fake: FakeApiServer, clean_daemon: NftlbDaemon
+) -> None:
+    fake.seed(load_paths([EXAMPLES]))
+    kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
+    command = [sys.executable, "-m", "reconciler", "run", "--once", "--kubeconfig", kubeconfig]
+    command += ["--nftlb-url", clean_daemon.url, "--nftlb-key-file", str(clean_daemon.key_file)]
+    command += ["--node-name", "node-1", "--metrics-address", ""]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with clean_daemon.client() as c:
+        assert WEB in c.get_farms().by_name()
+    lines = [json.loads(x) for x in done.stdout.splitlines()]
+    assert [x["kind"] for x in lines if x["event"] == "sync.done"] == ["full"]
