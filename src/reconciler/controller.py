@@ -21,7 +21,7 @@ from attrs import define, evolve, field
 from reconciler.desired import Desired, ServiceFarms, resolve, service_farms
 from reconciler.diff import diff
 from reconciler.events import EventRecorder
-from reconciler.farms import Farm, assign_marks
+from reconciler.farms import Farm, Helper, assign_marks
 from reconciler.kube import ClusterState, EndpointSlice, Node, Service
 from reconciler.metrics import Metrics
 from reconciler.nftlb import NftlbClient, NftlbError, NftlbUnauthorized
@@ -93,6 +93,10 @@ def _same(old: Any, new: Any) -> bool:
     return bool(evolve(old, resource_version="") == evolve(new, resource_version=""))
 
 
+def _tuples(request: ServiceFarms) -> set[tuple[Any, ...]]:
+    return {a.tuple_key for f in request.farms for a in f.addresses}
+
+
 def _parse_time(value: str) -> float | None:
     try:
         return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
@@ -128,11 +132,17 @@ class Controller:
         self._full_needed = True
         self._triggers: dict[ServiceKey, float] = {}
         self._requests: dict[ServiceKey, ServiceFarms] = {}
+        # What the last recompute decided: farms by name, each Service's farms and problems,
+        # and which Services claim each (protocol, address, port).
+        self._desired_map: dict[str, Farm] = {}
+        self._wanted: dict[str, Farm] = {}
+        self._farms_of: dict[ServiceKey, list[str]] = {}
+        self._problems_of: dict[ServiceKey, list[Problem]] = {}
+        self._claims: dict[tuple[Any, ...], set[ServiceKey]] = {}
         # Indexes kept from events, so a partial sync reads only the dirty Services' objects.
         self._services: dict[ServiceKey, Service] = {}
         self._slices: dict[ServiceKey, dict[tuple[str, str], EndpointSlice]] = {}
         self._node: Node | None = None
-        self._desired: dict[str, Farm] = {}
         self._actual: dict[str, Farm] = {}
         self._bucket = _Bucket(settings.sync_burst, settings.min_sync_interval)
         self._next_full = 0.0
@@ -274,22 +284,68 @@ class Controller:
             nodes = [self._node] if self._node is not None else []
         return ClusterState.build(services, slices, nodes)
 
-    def _recompute(self, state: ClusterState, keys: Iterable[ServiceKey] | None) -> Desired:
-        """Recompute the Services in `keys` (all when None) and decide conflicts across all."""
+    def _recompute(self, state: ClusterState, keys: set[ServiceKey] | None) -> Desired:
+        """Recompute the Services in `keys` (all when None) and decide conflicts.
+
+        A partial recompute re-decides only the Services that share a frontend with the dirty
+        ones (conflicts cannot reach further), so its cost follows the change, not the cluster;
+        a helper, decided across all farms, falls back to deciding everything.
+        """
         s = self.settings
         if keys is None:
             self._requests = {
                 k: service_farms(svc, state, s.node_name, s.proxy_name)
                 for k, svc in state.services.items()
             }
-        else:
-            for k in keys:
-                svc = state.services.get(k)
-                if svc is None:
-                    self._requests.pop(k, None)
-                else:
-                    self._requests[k] = service_farms(svc, state, s.node_name, s.proxy_name)
-        return resolve(self._requests.values(), self._desired)
+            self._claims = {}
+            for k, request in self._requests.items():
+                for t in _tuples(request):
+                    self._claims.setdefault(t, set()).add(k)
+            return self._resolve(set(self._requests), everything=True)
+        touched: set[tuple[Any, ...]] = set()
+        for k in keys:
+            old = self._requests.pop(k, None)
+            if old is not None:
+                for t in _tuples(old):
+                    touched.add(t)
+                    self._claims.get(t, set()).discard(k)
+            svc = state.services.get(k)
+            if svc is not None:
+                self._requests[k] = new = service_farms(svc, state, s.node_name, s.proxy_name)
+                for t in _tuples(new):
+                    touched.add(t)
+                    self._claims.setdefault(t, set()).add(k)
+        affected = set(keys)
+        for t in touched:
+            affected |= self._claims.get(t, set())
+        old_farms = (self._desired_map.get(n) for k in affected for n in self._farms_of.get(k, ()))
+        new_farms = (f for k in affected if k in self._requests for f in self._requests[k].farms)
+        helpers = any(
+            f is not None and f.helper is not Helper.NONE for f in (*old_farms, *new_farms)
+        )
+        return self._resolve(affected, everything=helpers)
+
+    def _resolve(self, affected: set[ServiceKey], *, everything: bool) -> Desired:
+        if everything:
+            affected = set(self._requests) | set(self._farms_of)
+        sub = resolve(
+            (self._requests[k] for k in affected if k in self._requests), self._desired_map
+        )
+        wanted = self._desired_map if not everything else {}
+        wanted = dict(wanted)
+        for k in affected:
+            for name in self._farms_of.pop(k, ()):
+                wanted.pop(name, None)
+            self._problems_of.pop(k, None)
+        owners = dict(sub.owners)
+        for farm in sub.farms:
+            wanted[farm.name] = farm
+            self._farms_of.setdefault(owners[farm.name], []).append(farm.name)
+        for p in sub.problems:
+            self._problems_of.setdefault((p.ref.namespace, p.ref.name), []).append(p)
+        self._wanted = wanted
+        problems = tuple(p for ps in self._problems_of.values() for p in ps)
+        return Desired(tuple(wanted.values()), problems)
 
     def sync_full(self) -> SyncResult:
         """Everything: recompute all Services, read nftlb back, correct any drift."""
@@ -302,6 +358,7 @@ class Controller:
             self.metrics.pending_changes.set(0)
         try:
             desired = self._recompute(self._state(), None)
+            wanted = self._wanted
             read = self.nftlb.get_farms()
             self.metrics.actual_farms.set(len(read.owned))
             actual = {f.name: f for f in read.owned}
@@ -310,7 +367,7 @@ class Controller:
             self._actual = {f.name: assign_marks(f, actual.get(f.name)) for f in desired.farms}
         except NftlbError as e:
             return self._failed("full", e, started)
-        self._desired = {f.name: f for f in desired.farms}
+        self._desired_map = wanted
         self._next_full = self._clock() + self.settings.resync_period
         return self._done(result, started, triggers)
 
@@ -324,12 +381,19 @@ class Controller:
             triggers, self._triggers = self._triggers, {}
             self.metrics.pending_changes.set(0)
         state = self._state() if keys is None else self._state_for(keys)
+        before = self._desired_map
         desired = self._recompute(state, keys)
-        wanted = {f.name: f for f in desired.farms}
+        wanted = self._wanted
+        if keys is None:
+            candidates = wanted.keys() | before.keys() | self._actual.keys()
+        else:  # only farms whose desired value was replaced can differ
+            candidates = {n for n, f in wanted.items() if before.get(n) is not f}
+            candidates |= before.keys() - wanted.keys()
         changed = {
-            n for n in wanted.keys() | self._desired.keys() if wanted.get(n) != self._desired.get(n)
+            n
+            for n in candidates
+            if wanted.get(n) != before.get(n) or (n in wanted) != (n in self._actual)
         }
-        changed |= wanted.keys() ^ self._actual.keys()
         plan = diff(
             [wanted[n] for n in changed if n in wanted],
             [self._actual[n] for n in changed if n in self._actual],
@@ -344,7 +408,7 @@ class Controller:
                 self._actual[n] = assign_marks(wanted[n], self._actual.get(n))
             else:
                 self._actual.pop(n, None)
-        self._desired = wanted
+        self._desired_map = wanted
         return self._done(result, started, triggers)
 
     def _apply(self, kind: str, plan: Plan, desired: Desired) -> SyncResult:

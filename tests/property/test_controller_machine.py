@@ -70,8 +70,17 @@ class Loop(RuleBasedStateMachine):
         self.synced = False
         self.restarted = False
 
-    @rule(ns=NAMESPACES, name=NAMES, ip=CLUSTER_IPS, node_port=st.booleans(), rv=st.integers(1, 9))
-    def put_service(self, ns: str, name: str, ip: str, node_port: bool, rv: int) -> None:
+    @rule(
+        ns=NAMESPACES,
+        name=NAMES,
+        ip=CLUSTER_IPS,
+        node_port=st.booleans(),
+        rv=st.integers(1, 9),
+        helper=st.booleans(),
+    )
+    def put_service(
+        self, ns: str, name: str, ip: str, node_port: bool, rv: int, helper: bool
+    ) -> None:
         port: dict[str, Any] = {"name": "http", "port": 80}
         spec: dict[str, Any] = {"clusterIP": ip, "ports": [port]}
         if node_port:
