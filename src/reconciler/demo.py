@@ -182,7 +182,8 @@ def _change(c: dict[str, Any]) -> str:
     return f"{c['path']}: {old} -> {new}"
 
 
-def _slice(ips: list[str]) -> dict[str, Any]:
+def web_slice(ips: list[str]) -> dict[str, Any]:
+    """The example web app's EndpointSlice with these ready endpoints (also used by the tests)."""
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -261,7 +262,7 @@ def run_demo() -> int:
 
                 _title("2. scale the web deployment from 3 to 5 endpoints")
                 ips = ["10.244.1.11", "10.244.1.12", "10.244.2.13", "10.244.2.14", "10.244.2.15"]
-                fake.apply(_slice(ips))
+                fake.apply(web_slice(ips))
                 _wait(
                     lambda: len(client.get_farms().by_name()[WEB].backends) == 5, 15, "5 backends"
                 )

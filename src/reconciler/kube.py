@@ -621,7 +621,10 @@ def _ip_families(
     return tuple(out)
 
 
-def _service_port(r: _Reader, raw: object, path: str) -> ServicePort | None:
+def _port_head(
+    r: _Reader, raw: object, path: str
+) -> tuple[Mapping[str, Any], str, Protocol] | None:
+    """The name and protocol both kinds of port start with; None (with a problem) when unusable."""
     if not isinstance(raw, Mapping):
         r.problem("InvalidPort", f"{path} is {_type_name(raw)}, not an object; ignored", key=path)
         return None
@@ -639,6 +642,14 @@ def _service_port(r: _Reader, raw: object, path: str) -> ServicePort | None:
     protocol = r.protocol(raw, path)
     if protocol is None:
         return None
+    return raw, name, protocol
+
+
+def _service_port(r: _Reader, raw: object, path: str) -> ServicePort | None:
+    head = _port_head(r, raw, path)
+    if head is None:
+        return None
+    raw, name, protocol = head
     port = raw.get("port")
     if not _is_port(port):
         r.problem(
@@ -778,23 +789,10 @@ def _endpoint(r: _Reader, raw: object, path: str, family: Family | None) -> Endp
 
 
 def _endpoint_port(r: _Reader, raw: object, path: str) -> EndpointPort | None:
-    if not isinstance(raw, Mapping):
-        r.problem("InvalidPort", f"{path} is {_type_name(raw)}, not an object; ignored", key=path)
+    head = _port_head(r, raw, path)
+    if head is None:
         return None
-    name = raw.get("name")
-    if name is None:
-        name = ""
-    if not isinstance(name, str):
-        r.problem(
-            "InvalidPort",
-            f"{path}.name {_quote(name)} is not a string; port ignored",
-            key=f"{path}.name",
-            value=name,
-        )
-        return None
-    protocol = r.protocol(raw, path)
-    if protocol is None:
-        return None
+    raw, name, protocol = head
     port = raw.get("port")
     if port is not None and not _is_port(port):
         r.problem(

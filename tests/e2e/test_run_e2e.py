@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from reconciler.demo import web_slice
 from reconciler.fakeapi import FakeApiServer
 from reconciler.farms import Farm
 from reconciler.manifests import load_paths
@@ -125,23 +126,6 @@ def agent(tmp_path: Path, fake: FakeApiServer, clean_daemon: NftlbDaemon) -> Ite
             )
 
 
-def web_slice(*ips: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": "web-abc12",
-            "namespace": "default",
-            "labels": {"kubernetes.io/service-name": "web"},
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
-        "endpoints": [
-            {"addresses": [ip], "conditions": {"ready": True}, "nodeName": "node-1"} for ip in ips
-        ],
-    }
-
-
 def backends(agent: Agent, farm: str) -> list[str] | None:
     f = agent.farms().get(farm)
     return None if f is None else [b.ip for b in f.backends]
@@ -159,14 +143,14 @@ def test_service_lifecycle_reaches_nftlb_and_the_kernel(agent: Agent, fake: Fake
     assert [a.ip for a in farms["k8s.staging.web.http.tcp.v4"].addresses] == ["10.96.0.21"]
     wait_until(lambda: agent.http("/readyz")[0] == 200, what="ready")
 
-    fake.apply(web_slice("10.244.1.11", "10.244.1.12", "10.244.2.13", "10.244.2.14"))
+    fake.apply(web_slice(["10.244.1.11", "10.244.1.12", "10.244.2.13", "10.244.2.14"]))
     wait_until(
         lambda: (
             backends(agent, WEB) == ["10.244.1.11", "10.244.1.12", "10.244.2.13", "10.244.2.14"]
         ),
         what="scale up",
     )
-    fake.apply(web_slice("10.244.2.14"))
+    fake.apply(web_slice(["10.244.2.14"]))
     wait_until(lambda: backends(agent, WEB) == ["10.244.2.14"], what="scale down")
 
     svc = fake.get("Service", "default", "web")
@@ -220,12 +204,12 @@ def test_dropped_watch_and_stalled_stream_with_expired_history_leave_nothing_sta
         what="programmed",
     )
     fake.drop_watches()
-    fake.apply(web_slice("10.244.9.9"))
+    fake.apply(web_slice(["10.244.9.9"]))
     wait_until(lambda: backends(agent, WEB) == ["10.244.9.9"], what="change after a dropped watch")
 
     fake.stall_watches(6)
     fake.delete("Service", "default", "cart")
-    fake.apply(web_slice("10.244.9.10"))
+    fake.apply(web_slice(["10.244.9.10"]))
     fake.expire_history()
     wait_until(
         lambda: "k8s.default.cart.http.tcp.v4" not in agent.farms(),
