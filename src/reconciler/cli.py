@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_diff)
     _add_run(sub)
     demo = sub.add_parser(
-        "demo", help="the whole loop on the built-in example cluster (root; about 20 s)"
+        "demo", help="the whole loop on the built-in example cluster (root; a few seconds)"
     )
     demo.set_defaults(func=cmd_demo)
     return parser
