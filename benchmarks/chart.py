@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_title(title)
         ax.set_xlabel("Services already programmed (x 10 endpoints)")
         ax.set_xticks(scales)
-        ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel("p50 latency, API write to read-back (ms)")
-    axes[0].set_ylim(bottom=0)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("p50 latency, API write to read-back (ms, log scale)")
+    axes[0].set_yscale("log")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(

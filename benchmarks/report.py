@@ -137,7 +137,7 @@ def tables(s: dict[str, Any]) -> str:
             f"| {v['peak_rss_mb_after_latency_runs']} MB | {_mb(v['peak_rss_mb_fresh_process_full_sync'])} |"
         )
     w("")
-    w("### Targets")
+    w("### Targets, as `benchmarks/summary.py` judges them")
     w("")
     w("| Target | Measured | Met |")
     w("|---|---|---|")

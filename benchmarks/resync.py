@@ -14,7 +14,7 @@ import json
 import os
 import pstats
 import time
-from typing import Any
+from typing import Any, cast
 
 from benchmarks.cluster import NODE, NODE_NAME, chunked_documents, parse
 from benchmarks.env import FloorClient, NftlbDaemon, summary_ms
@@ -122,17 +122,20 @@ def full_resyncs(ctl: Controller, client: NftlbClient, reps: int) -> dict[str, A
 def partial_syncs(ctl: Controller, reps: int, size: int = 10) -> dict[str, Any]:
     """The event path in process: a probe Service of `size` endpoints created, grown by one
     endpoint and deleted through the controller's change hooks and `sync_partial` (one sync
-    each), timed whole and without the time spent in nftlb requests (`<op>_own`), with one
-    cProfile of all of them. Shows whether a partial sync grows with the number of Services
+    each), timed whole and without the time spent in nftlb requests (`<op>_own`), then 5 more
+    under cProfile (not timed). Shows whether a partial sync grows with the number of Services
     already programmed."""
     from benchmarks.cluster import Probe
 
-    services, slices = ctl._caches["services"], ctl._caches["endpointslices"]
+    services = cast(Store, ctl._caches["services"])
+    slices = cast(Store, ctl._caches["endpointslices"])
     times: dict[str, list[float]] = {"create": [], "add": [], "delete": []}
     own: dict[str, list[float]] = {"create": [], "add": [], "delete": []}
     timer = TimedSends(ctl.nftlb)
     prof = cProfile.Profile()
-    for run in range(reps):
+    profiled_reps = 5  # after the timed ones: the profiler slows a sync down 2-3 times
+    for run in range(reps + profiled_reps):
+        profiled = run >= reps
         probe = Probe(size, 900 + run, 900 + run)
         (svc,), (first,), _ = parse([probe.service, probe.slice])
         _, (grown,), _ = parse([probe.slice_plus_one])
@@ -150,12 +153,15 @@ def partial_syncs(ctl: Controller, reps: int, size: int = 10) -> dict[str, Any]:
                 services.items.remove(svc)
                 ctl.on_service(svc.key, svc, None)
             timer.seconds = 0.0
-            prof.enable()
+            if profiled:
+                prof.enable()
             started = time.perf_counter()
             result = ctl.sync_partial()
-            times[op].append(time.perf_counter() - started)
+            took = time.perf_counter() - started
             prof.disable()
-            own[op].append(times[op][-1] - timer.seconds)
+            if not profiled:
+                times[op].append(took)
+                own[op].append(took - timer.seconds)
             if not result.ok or result.requests != 1:
                 raise RuntimeError(f"partial sync {op}: {result}")
         slices.items.remove(grown)
