@@ -12,8 +12,6 @@ import math
 import os
 import platform
 import re
-import secrets
-import socket
 import statistics
 import subprocess
 import time
@@ -21,11 +19,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-NFTLB = Path("/usr/sbin/nftlb")
+from reconciler.nftlbd import NFTLB, NftlbProcess, delete_tables
+
 NETNS_ENV = "KUBE_NFTLB_BENCH_NETNS"
 RUN_HINT = f"sudo unshare -n env {NETNS_ENV}=1 .venv/bin/python -m benchmarks.run"
 SERVICE_MAP_RE = re.compile(r"^(output-)?(filter|nat)-proto-services6?$")
-NFTLB_TABLES = (("ip", "nftlb"), ("ip6", "nftlb"), ("netdev", "nftlb"))
 
 
 # -- where we run -----------------------------------------------------------------------------
@@ -100,68 +98,17 @@ def summary_ms(seconds: Sequence[float]) -> dict[str, float]:
 # -- the nftlb daemon -------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class NftlbDaemon:
-    """One /usr/sbin/nftlb on 127.0.0.1 (``-l 3``, logs to stderr into a file), a random key."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.key = secrets.token_hex(12)
-        self.key_file = workdir / "nftlb.key"
-        self.key_file.write_text(self.key + "\n")
-        self.log_path = workdir / "nftlb.log"
-        self.port = _free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-        command = [str(NFTLB), "-k", self.key, "-H", "127.0.0.1", "-P", str(self.port)]
-        command += ["-L", "2", "-l", "3"]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nftlb exited with {self.process.returncode}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("nftlb did not listen within 10 s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+class NftlbDaemon(NftlbProcess):
+    """The shared private daemon (`reconciler.nftlbd`), with the floor's minimal client."""
 
     def restart(self) -> None:
-        """An empty daemon: nftlb deletes its own tables when it starts."""
+        """An empty daemon; its old tables are removed first."""
         self.stop()
         delete_tables()
         self.start()
 
     def client(self) -> FloorClient:
         return FloorClient(self.port, self.key)
-
-
-def delete_tables() -> None:
-    for family, table in NFTLB_TABLES:
-        subprocess.run(["nft", "delete", "table", family, table], capture_output=True, check=False)
 
 
 # -- the floor: the smallest possible client ---------------------------------------------------

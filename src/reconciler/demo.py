@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,8 +22,8 @@ from typing import Any
 
 from reconciler.farms import Farm
 from reconciler.nftlb import NftlbClient
+from reconciler.nftlbd import NFTLB, NftlbProcess, delete_tables
 
-NFTLB = "/usr/sbin/nftlb"
 WEB = "k8s.default.web.http.tcp.v4"
 
 
@@ -65,12 +63,6 @@ def in_private_netns() -> bool:
     return [line.split(":")[1].strip() for line in out.splitlines()] == ["lo"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait(cond: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -100,37 +92,14 @@ def _farm_rows(farms: dict[str, Farm]) -> None:
 
 
 @contextmanager
-def _nftlb(workdir: Path) -> Iterator[tuple[str, str]]:
-    key = secrets.token_hex(16)
-    port = _free_port()
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    log = (workdir / "nftlb.log").open("wb")
-    env = {**os.environ, "NFTLB_SERVER_KEY": key}
-    proc = subprocess.Popen(
-        [NFTLB, "-H", "127.0.0.1", "-P", str(port), "-L", "2", "-l", "3"],
-        stdout=log,
-        stderr=log,
-        env=env,
-    )
+def _nftlb(workdir: Path) -> Iterator[NftlbProcess]:
+    daemon = NftlbProcess(workdir)
+    daemon.start()
     try:
-        _wait(lambda: _connects(port), 10, "nftlb to listen")
-        yield f"http://127.0.0.1:{port}", key
+        yield daemon
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
-        for family in ("ip", "ip6"):
-            subprocess.run(
-                ["nft", "delete", "table", family, "nftlb"], capture_output=True, check=False
-            )
-
-
-def _connects(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
+        daemon.stop()
+        delete_tables()
 
 
 class _LogTail:
@@ -208,12 +177,9 @@ def run_demo() -> int:
     examples = _examples()
     with (
         tempfile.TemporaryDirectory(prefix="kube-nftlb-demo-") as tmp,
-        _nftlb(Path(tmp)) as (url, key),
+        _nftlb(Path(tmp)) as daemon,
     ):
-        workdir = Path(tmp)
-        key_file = workdir / "key"
-        key_file.write_text(key + "\n")
-        key_file.chmod(0o400)
+        workdir, url, key, key_file = Path(tmp), daemon.url, daemon.key, daemon.key_file
         with FakeApiServer() as fake:
             fake.seed(load_paths([examples]))
             kubeconfig = fake.write_kubeconfig(workdir / "kubeconfig")

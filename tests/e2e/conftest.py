@@ -15,11 +15,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,13 +25,12 @@ import pytest
 
 from reconciler.farms import Family, Farm
 from reconciler.nftlb import NftlbClient
+from reconciler.nftlbd import NFTLB, NftlbProcess, delete_tables
 
 HERE = Path(__file__).parent
-NFTLB = Path("/usr/sbin/nftlb")
 NETNS_ENV = "KUBE_NFTLB_E2E_NETNS"
 RUN_HINT = f"unshare -n env {NETNS_ENV}=1 .venv/bin/pytest tests/e2e"
 SERVICE_MAP_RE = re.compile(r"^(output-)?(filter|nat)-proto-services6?$")
-NFTLB_TABLES = (("ip", "nftlb"), ("ip6", "nftlb"), ("netdev", "nftlb"))
 
 #: (map family, map name, protocol, address, port) → goto target chain
 ServiceElements = dict[tuple[str, str, str, str, int], str]
@@ -170,76 +166,14 @@ def expected_dnat_entries(farms: Iterable[Farm]) -> DnatEntries:
 # -- the daemon ---------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class NftlbDaemon:
-    """One /usr/sbin/nftlb on 127.0.0.1 with a random key; logs go to `log_path`.
-
-    Logs go to stderr (``-L 2``): with ``-L 1`` (stdout) into a file, nftlb's output is block
-    buffered and only shows up when it exits.
-    """
-
-    def __init__(self, workdir: Path) -> None:
-        self.key = secrets.token_hex(12)
-        self.key_file = workdir / "nftlb.key"
-        self.key_file.write_text(self.key + "\n")
-        self.log_path = workdir / "nftlb.log"
-        self.port = _free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-        command = [str(NFTLB), "-k", self.key, "-H", "127.0.0.1", "-P", str(self.port)]
-        command += ["-L", "2", "-l", "3"]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nftlb exited with {self.process.returncode}: {self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("nftlb did not listen within 10 s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def restart(self) -> None:
-        """A fresh daemon: nftlb deletes its own tables when it starts."""
-        self.stop()
-        self.start()
+class NftlbDaemon(NftlbProcess):
+    """The shared private daemon (`reconciler.nftlbd`), plus what the tests read of it."""
 
     def delete_tables(self) -> None:
-        for family, table in NFTLB_TABLES:
-            nft("delete", "table", family, table, check=False)
+        delete_tables()
 
     def client(self, **kwargs: Any) -> NftlbClient:
         return NftlbClient(self.url, self.key, **kwargs)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def ruleset_json(self) -> list[dict[str, Any]]:
         return ruleset_json()

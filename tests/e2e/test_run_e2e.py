@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,18 +20,13 @@ from reconciler.demo import web_slice
 from reconciler.fakeapi import FakeApiServer
 from reconciler.farms import Farm
 from reconciler.manifests import load_paths
+from reconciler.nftlbd import free_port
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import NftlbDaemon
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 WEB = "k8s.default.web.http.tcp.v4"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
@@ -54,7 +48,7 @@ class Agent:
         self.workdir, self.fake, self.daemon = workdir, fake, daemon
         self.kubeconfig = fake.write_kubeconfig(workdir / "kubeconfig")
         self.key_file = key_file or daemon.key_file
-        self.port = _free_port()
+        self.port = free_port()
         self.logs: list[Path] = []
         self.process: subprocess.Popen[bytes] | None = None
 
