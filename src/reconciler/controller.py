@@ -457,8 +457,6 @@ class Controller:
         current = set(desired.problems)
         fresh = sorted(current - self._reported)
         self._reported = current
-        if self.events is not None:
-            self.events.record(desired.problems)
         for p in fresh:
             self.log.warning(
                 "service.problem",
@@ -469,6 +467,9 @@ class Controller:
                 value=p.value or None,
                 allowed=list(p.allowed) or None,
             )
+        # After the log lines: an Event is an API call that may be slow or fail.
+        if self.events is not None:
+            self.events.record(desired.problems)
 
     def _done(
         self, result: SyncResult, started: float, triggers: dict[ServiceKey, float]
