@@ -93,6 +93,21 @@ def _same(old: Any, new: Any) -> bool:
     return bool(evolve(old, resource_version="") == evolve(new, resource_version=""))
 
 
+_Inputs = tuple[Service, tuple[EndpointSlice, ...], Node | None]
+
+
+def _same_inputs(old: _Inputs | None, new: _Inputs) -> bool:
+    """Whether a Service's farms computed from `old` are those of `new` too: the same Service,
+    slices and node, by identity (informer stores keep unchanged objects) or else by value."""
+    if old is None:
+        return False
+    (service, slices, node), (service2, slices2, node2) = old, new
+    same = service is service2 and node is node2 and len(slices) == len(slices2)
+    if same and all(a is b for a, b in zip(slices, slices2, strict=True)):
+        return True
+    return old == new
+
+
 def _tuples(request: ServiceFarms) -> set[tuple[Any, ...]]:
     return {a.tuple_key for f in request.farms for a in f.addresses}
 
@@ -132,6 +147,9 @@ class Controller:
         self._full_needed = True
         self._triggers: dict[ServiceKey, float] = {}
         self._requests: dict[ServiceKey, ServiceFarms] = {}
+        # What each Service's farms were computed from, so that a full sync reuses them when
+        # nothing they depend on changed.
+        self._inputs: dict[ServiceKey, _Inputs] = {}
         # What the last recompute decided: farms by name, each Service's farms and problems,
         # and which Services claim each (protocol, address, port).
         self._desired_map: dict[str, Farm] = {}
@@ -293,17 +311,26 @@ class Controller:
         """
         s = self.settings
         if keys is None:
+            node = state.nodes.get(s.node_name)
+            inputs = {k: (svc, state.slices_for(svc), node) for k, svc in state.services.items()}
             self._requests = {
-                k: service_farms(svc, state, s.node_name, s.proxy_name)
-                for k, svc in state.services.items()
+                k: (
+                    self._requests[k]
+                    if _same_inputs(self._inputs.get(k), now)
+                    else service_farms(now[0], state, s.node_name, s.proxy_name)
+                )
+                for k, now in inputs.items()
             }
+            self._inputs = inputs
             self._claims = {}
             for k, request in self._requests.items():
                 for t in _tuples(request):
                     self._claims.setdefault(t, set()).add(k)
             return self._resolve(set(self._requests), everything=True)
         touched: set[tuple[Any, ...]] = set()
+        node = state.nodes.get(s.node_name)
         for k in keys:
+            self._inputs.pop(k, None)
             old = self._requests.pop(k, None)
             if old is not None:
                 for t in _tuples(old):
@@ -312,6 +339,7 @@ class Controller:
             svc = state.services.get(k)
             if svc is not None:
                 self._requests[k] = new = service_farms(svc, state, s.node_name, s.proxy_name)
+                self._inputs[k] = (svc, state.slices_for(svc), node)
                 for t in _tuples(new):
                     touched.add(t)
                     self._claims.setdefault(t, set()).add(k)
@@ -362,9 +390,12 @@ class Controller:
             read = self.nftlb.get_farms()
             self.metrics.actual_farms.set(len(read.owned))
             actual = {f.name: f for f in read.owned}
-            plan = diff(desired.farms, read.owned, read.unparsable)
+            # Marked once: the diff finds these already marked, and they are what nftlb holds
+            # once the plan is applied.
+            marked = {f.name: assign_marks(f, actual.get(f.name)) for f in desired.farms}
+            plan = diff(marked.values(), read.owned, read.unparsable)
             result = self._apply("full", plan, desired)
-            self._actual = {f.name: assign_marks(f, actual.get(f.name)) for f in desired.farms}
+            self._actual = marked
         except NftlbError as e:
             return self._failed("full", e, started)
         self._desired_map = wanted
@@ -394,18 +425,16 @@ class Controller:
             for n in candidates
             if wanted.get(n) != before.get(n) or (n in wanted) != (n in self._actual)
         }
-        plan = diff(
-            [wanted[n] for n in changed if n in wanted],
-            [self._actual[n] for n in changed if n in self._actual],
-        )
+        marked = {n: assign_marks(wanted[n], self._actual.get(n)) for n in changed if n in wanted}
+        plan = diff(marked.values(), [self._actual[n] for n in changed if n in self._actual])
         try:
             result = self._apply("partial", plan, desired)
         except NftlbError as e:
             self.request_full_sync()
             return self._failed("partial", e, started)
         for n in changed:
-            if n in wanted:
-                self._actual[n] = assign_marks(wanted[n], self._actual.get(n))
+            if n in marked:
+                self._actual[n] = marked[n]
             else:
                 self._actual.pop(n, None)
         self._desired_map = wanted

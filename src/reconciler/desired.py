@@ -10,7 +10,6 @@ is one backend upsert.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 
@@ -33,6 +32,7 @@ from reconciler.farms import (
     sched_param_fits,
     validate_farm,
 )
+from reconciler.ips import ip_info
 from reconciler.kube import ClusterState, EndpointSlice, Node, Service, ServicePort
 from reconciler.names import (
     EXTERNAL_IP,
@@ -86,14 +86,17 @@ def _ref(service: Service) -> ObjectRef:
 
 
 def _family_of(ip: str) -> Family | None:
-    try:
-        return Family.IPV4 if ipaddress.ip_address(ip).version == 4 else Family.IPV6
-    except ValueError:
+    info = ip_info(ip)
+    if info is None:
         return None
+    return Family.IPV4 if info.version == 4 else Family.IPV6
 
 
 def _canonical(ip: str) -> str:
-    return str(ipaddress.ip_address(ip))
+    info = ip_info(ip)
+    if info is None:
+        raise ValueError(f"{ip!r} is not an IP address")
+    return info.canonical
 
 
 def is_served(service: Service, proxy_name: str) -> bool:

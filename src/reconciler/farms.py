@@ -8,12 +8,13 @@ core, because nftlb accepts bad input silently and one bad farm can break all ot
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
 
 from attrs import evolve, field, frozen
+
+from reconciler.ips import ip_info
 
 
 class Family(StrEnum):
@@ -213,13 +214,10 @@ FARM_FIELDS: tuple[str, ...] = (
 
 
 def _ip_family(ip: str) -> Family | None:
-    try:
-        parsed = ipaddress.ip_address(ip)
-    except ValueError:
+    info = ip_info(ip)
+    if info is None or info.canonical != ip:  # only canonical text: nftlb echoes what it got
         return None
-    if str(parsed) != ip:  # only canonical text: nftlb echoes what it got, and diffs compare text
-        return None
-    return Family.IPV4 if parsed.version == 4 else Family.IPV6
+    return Family.IPV4 if info.version == 4 else Family.IPV6
 
 
 def validate_farm(farm: Farm) -> list[str]:
@@ -309,18 +307,46 @@ def assign_marks(desired: Farm, actual: Farm | None) -> Farm:
     """Give every backend an explicit mark, keeping the marks nftlb already holds.
 
     Explicit per-farm marks lift nftlb's 4095-backend limit and make adds fast; keeping existing
-    marks means a new endpoint is one added backend, not a re-mark of its neighbours.
+    marks means a new endpoint is one added backend, not a re-mark of its neighbours. When
+    `actual` already holds exactly the desired backends with valid, distinct marks (every resync
+    of an unchanged farm), its backends are reused as they are.
     """
+    if actual is not None and _same_backends(desired.backends, actual.backends):
+        if desired.backends is actual.backends:
+            return desired
+        return evolve(desired, backends=actual.backends)
+    return _mark(desired, actual)
+
+
+def _mark(desired: Farm, actual: Farm | None) -> Farm:
+    """`assign_marks` without its shortcut: keep valid marks of `actual`, number the rest."""
     kept: dict[str, int] = {}
+    taken: set[int] = set()
     if actual is not None:
         for b in actual.backends:
-            if 1 <= b.mark <= MAX_MARK and b.mark not in kept.values():
+            if 1 <= b.mark <= MAX_MARK and b.mark not in taken:
                 kept[b.name] = b.mark
+                taken.add(b.mark)
     wanted = {b.name for b in desired.backends}
     used = {m for n, m in kept.items() if n in wanted}
     free = (m for m in range(1, MAX_MARK + 1) if m not in used)
-    backends = []
-    for b in desired.backends:
-        mark = kept.get(b.name) or next(free)
-        backends.append(evolve(b, mark=mark))
-    return evolve(desired, backends=tuple(backends))
+    backends = tuple(
+        Backend(b.name, b.ip, b.port, b.weight, kept.get(b.name) or next(free))
+        for b in desired.backends
+    )
+    return evolve(desired, backends=backends)
+
+
+def _same_backends(desired: tuple[Backend, ...], actual: tuple[Backend, ...]) -> bool:
+    """Whether `actual` (sorted by name, as a Farm keeps them) holds the desired backends with
+    valid, distinct marks, so that marking would give back exactly `actual`."""
+    if len(desired) != len(actual):
+        return False
+    marks = set()
+    for d, a in zip(desired, actual, strict=True):
+        if (d.name, d.ip, d.port, d.weight) != (a.name, a.ip, a.port, a.weight):
+            return False
+        if not 1 <= a.mark <= MAX_MARK:
+            return False
+        marks.add(a.mark)
+    return len(marks) == len(actual)

@@ -8,7 +8,8 @@ change to that copy. It follows ``kube-api-fake.md`` section 4.4, because the of
 * **List, then watch from the list's resourceVersion.** The list is read raw
   (``_preload_content=False`` + ``json.loads``): camelCase dicts, the same shape as a watch event's
   ``raw_object``, with no model deserialisation. Parsing into the caller's types is the caller's
-  ``parse`` function; the store holds what it returns, and the raw dict beside it.
+  ``parse`` function; the store holds what it returns and, beside it, only the object's
+  resourceVersion (not the raw dict: thousands of EndpointSlices' dicts cost tens of MB).
 * **Every watch call is one HTTP request.** ``timeout_seconds`` (jittered) switches off the
   client's hidden reconnect-with-whatever-RV loop, so this loop owns every retry; the
   ``_request_timeout`` read timeout is the client-side stall guard for half-open connections.
@@ -17,8 +18,10 @@ change to that copy. It follows ``kube-api-fake.md`` section 4.4, because the of
   RVs after a 410 and can go backwards).
 * **410 Gone means relist and replace.** The store is swapped for the new list in one step and the
   differences come out as ordinary events: vanished objects as synthetic DELETED, changed ones as
-  MODIFIED, new ones as ADDED, unchanged ones not at all. A consumer therefore never has to know
-  that a relist happened.
+  MODIFIED, new ones as ADDED, unchanged ones not at all. "Unchanged" means the stored and the
+  listed resourceVersion are equal; an object missing either RV counts as changed (MODIFIED),
+  since without one there is nothing to compare. A consumer therefore never has to know that a
+  relist happened.
 * **Anything else resumes from the last RV** after a jittered exponential backoff, without a
   relist: a dropped connection loses nothing, because the server replays every change after that
   RV.
@@ -109,9 +112,9 @@ class Backoff:
 class InformerEvent(Generic[T]):
     """One change to the store: `old` is what it held before, `new` what it holds now.
 
-    ADDED has no `old`, DELETED no `new`. `raw` is the server's dict for the change (for a
-    DELETED caused by a relist, the last raw dict the store held, since the server never said
-    anything about the deletion itself).
+    ADDED has no `old`, DELETED no `new`. `raw` is the server's dict for the change (the watch
+    event's object, or the list item). It is None for a synthetic DELETED caused by a relist: the
+    server never sent anything about that deletion, and the store keeps no raw dicts.
     """
 
     type: EventType
@@ -197,7 +200,8 @@ class Informer(Generic[T]):
         self._on_error = on_error
 
         self._lock = threading.Lock()
-        self._items: dict[Hashable, tuple[T, JsonDict]] = {}
+        # key -> (parsed value, resourceVersion of the version it was parsed from).
+        self._items: dict[Hashable, tuple[T, str | None]] = {}
         self._rv: str | None = None
         self._synced = threading.Event()
         self._stopping = threading.Event()
@@ -249,8 +253,8 @@ class Informer(Generic[T]):
             entry = self._items.get(key)
         return None if entry is None else entry[0]
 
-    def raw(self, key: Hashable) -> JsonDict | None:
-        """The raw dict last seen for `key` (do not mutate it: it is the store's own)."""
+    def resource_version_of(self, key: Hashable) -> str | None:
+        """The resourceVersion of the stored version of `key`; None if absent or it had none."""
         with self._lock:
             entry = self._items.get(key)
         return None if entry is None else entry[1]
@@ -353,26 +357,36 @@ class Informer(Generic[T]):
             self._emit(event)
 
     def _replace(self, items: builtins.list[JsonDict], rv: str) -> builtins.list[InformerEvent[T]]:
-        """Swap the store for a list's items in one step; return the changes as events."""
-        fresh: dict[Hashable, tuple[T, JsonDict]] = {}
+        """Swap the store for a list's items in one step; return the changes as events.
+
+        An object is unchanged when its stored and listed resourceVersions are both present and
+        equal: the stored value is kept (the very same object) and no event is emitted. A missing
+        RV on either side counts as a change (MODIFIED). A stored object absent from the list
+        becomes a synthetic DELETED with `raw` None.
+        """
+        listed: dict[Hashable, tuple[T, JsonDict]] = {}
         for raw in items:
             parsed = self._parse_keyed(raw)
             if parsed is not None and parsed[1] is not None:
-                fresh[parsed[0]] = (parsed[1], raw)
+                listed[parsed[0]] = (parsed[1], raw)
+        fresh: dict[Hashable, tuple[T, str | None]] = {}
         events: builtins.list[InformerEvent[T]] = []
         with self._lock:
             old_items = self._items
-            for key, (value, raw) in fresh.items():
+            for key, (value, raw) in listed.items():
+                rv_now = _resource_version(raw)
                 before = old_items.get(key)
                 if before is None:
                     events.append(InformerEvent("ADDED", key, None, value, raw))
-                elif not _same_version(before[1], raw):
+                elif not _same_version(before[1], rv_now):
                     events.append(InformerEvent("MODIFIED", key, before[0], value, raw))
                 else:
                     fresh[key] = before  # unchanged: keep the very same value, emit nothing
-            for key, (value, raw) in old_items.items():
+                    continue
+                fresh[key] = (value, rv_now)
+            for key, (value, _) in old_items.items():
                 if key not in fresh:
-                    events.append(InformerEvent("DELETED", key, value, None, raw))
+                    events.append(InformerEvent("DELETED", key, value, None, None))
             self._items = fresh
             self._rv = rv
             self._lists += 1
@@ -460,7 +474,7 @@ class Informer(Generic[T]):
                         del self._items[key]
                         event = InformerEvent("DELETED", key, before[0], None, raw)
                 elif value is not None:
-                    self._items[key] = (value, raw)
+                    self._items[key] = (value, rv)
                     old = None if before is None else before[0]
                     event = InformerEvent(
                         "ADDED" if before is None else "MODIFIED", key, old, value, raw
@@ -531,16 +545,14 @@ class Informer(Generic[T]):
         self._stopping.wait(seconds)
 
 
-def _same_version(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Whether two raw dicts are one version of an object.
+def _same_version(rv_a: str | None, rv_b: str | None) -> bool:
+    """Whether two resourceVersions name one version of an object.
 
-    Compared by resourceVersion, not by content: list items carry no kind/apiVersion while watch
-    objects do, so equal objects from the two sources differ as dicts.
+    By resourceVersion, not by content (list items carry no kind/apiVersion while watch objects
+    do, and the store keeps no raw dict to compare anyway). A missing RV on either side is never
+    the same version: the object is treated as changed.
     """
-    rv_a, rv_b = _resource_version(a), _resource_version(b)
-    if rv_a is None or rv_b is None:
-        return a == b
-    return rv_a == rv_b
+    return rv_a is not None and rv_a == rv_b
 
 
 def _is_read_timeout(exc: BaseException) -> bool:

@@ -9,7 +9,6 @@ hides the others. IP strings are kept in canonical text (`ipaddress`), so that "
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeGuard, TypeVar
@@ -17,6 +16,7 @@ from typing import Any, TypeGuard, TypeVar
 from attrs import field, frozen
 
 from reconciler.farms import Family, Protocol
+from reconciler.ips import ip_info
 from reconciler.problems import ObjectRef, Problem
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -61,22 +61,16 @@ def canonical_ip(text: str) -> tuple[str, Family] | None:
 
     Scoped IPv6 addresses ("fe80::1%eth0") are refused: no frontend or backend can use them.
     """
-    try:
-        parsed = ipaddress.ip_address(text)
-    except ValueError:
+    info = ip_info(text)
+    if info is None or info.scoped:
         return None
-    if isinstance(parsed, ipaddress.IPv6Address) and parsed.scope_id is not None:
-        return None
-    return str(parsed), Family.IPV4 if parsed.version == 4 else Family.IPV6
+    return info.canonical, Family.IPV4 if info.version == 4 else Family.IPV6
 
 
 def ip_sort_key(ip: str) -> tuple[int, int]:
     """Numeric order for canonical IP text (IPv4 before IPv6); unparseable text sorts first."""
-    try:
-        parsed = ipaddress.ip_address(ip)
-    except ValueError:
-        return (0, 0)
-    return (parsed.version, int(parsed))
+    info = ip_info(ip)
+    return (0, 0) if info is None else info.key
 
 
 def _sorted_pairs(pairs: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:

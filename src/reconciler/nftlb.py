@@ -75,6 +75,7 @@ longer (a POST costs more the more farms nftlb already holds), so the default is
 
 from __future__ import annotations
 
+import codecs
 import json
 import random
 import threading
@@ -88,6 +89,7 @@ import httpx
 from attrs import evolve, frozen
 
 from reconciler.farms import NAME_RE, Family, Farm
+from reconciler.farms_stream import FarmsStream
 from reconciler.names import is_owned, parse_farm_name
 from reconciler.plan import Operation, OpKind, Plan
 from reconciler.wire import (
@@ -98,8 +100,8 @@ from reconciler.wire import (
     farm_body,
     farm_path,
     parse_farm,
-    parse_farms,
     post_farms_request,
+    read_back,
     requests_for,
 )
 
@@ -343,41 +345,61 @@ class NftlbClient:
 
     def send(self, request: Request) -> str:
         """Send one request and return nftlb's answer text, or raise a typed error."""
+        with self._lock:
+            response = self._open(request)
+            try:
+                text = self._read(response, request).decode("utf-8", "replace")
+            finally:
+                response.close()
+        return self._checked(request, response.status_code, text)
+
+    def _open(self, request: Request) -> httpx.Response:
+        """Send `request` (retrying refused and reset connections) and return the response with
+        its body not read yet; the caller holds the lock and closes the response."""
         content = b"" if request.body is None else json.dumps(request.body).encode()
         headers = {"Key": self._key, "Connection": "close"}
         if request.body is not None:
             headers["Content-Type"] = "application/json"
-        with self._lock:
-            self.requests_sent += 1
-            self.bytes_sent += len(content)
-            attempt = 0
-            while True:
-                try:
-                    response = self._http.request(
-                        request.method, request.path, content=content or None, headers=headers
-                    )
-                    break
-                except _RETRYABLE as exc:
-                    if attempt >= self._retries:
-                        raise NftlbUnavailable(
-                            f"nftlb at {self.url} unreachable for {request.summary} after "
-                            f"{attempt + 1} attempts: {type(exc).__name__}"
-                        ) from None
-                    delay = min(self._max_backoff, self._backoff * 2**attempt)
-                    self._sleep(delay * (0.5 + self._jitter()))
-                    attempt += 1
-                    self.retries_done += 1
-                except httpx.TimeoutException as exc:
+        self.requests_sent += 1
+        self.bytes_sent += len(content)
+        attempt = 0
+        while True:
+            try:
+                built = self._http.build_request(
+                    request.method, request.path, content=content or None, headers=headers
+                )
+                return self._http.send(built, stream=True)
+            except _RETRYABLE as exc:
+                if attempt >= self._retries:
                     raise NftlbUnavailable(
-                        f"nftlb at {self.url} did not answer {request.summary} in time: "
-                        f"{type(exc).__name__}"
+                        f"nftlb at {self.url} unreachable for {request.summary} after "
+                        f"{attempt + 1} attempts: {type(exc).__name__}"
                     ) from None
-                except httpx.HTTPError as exc:
-                    raise NftlbUnavailable(
-                        f"nftlb at {self.url} failed on {request.summary}: {type(exc).__name__}"
-                    ) from None
-        text = response.text
-        status = response.status_code
+                delay = min(self._max_backoff, self._backoff * 2**attempt)
+                self._sleep(delay * (0.5 + self._jitter()))
+                attempt += 1
+                self.retries_done += 1
+            except httpx.HTTPError as exc:
+                raise self._unavailable(request, exc) from None
+
+    def _read(self, response: httpx.Response, request: Request) -> bytes:
+        try:
+            return response.read()
+        except httpx.HTTPError as exc:
+            raise self._unavailable(request, exc) from None
+
+    def _unavailable(self, request: Request, exc: httpx.HTTPError) -> NftlbUnavailable:
+        if isinstance(exc, httpx.TimeoutException):
+            return NftlbUnavailable(
+                f"nftlb at {self.url} did not answer {request.summary} in time: "
+                f"{type(exc).__name__}"
+            )
+        return NftlbUnavailable(
+            f"nftlb at {self.url} failed on {request.summary}: {type(exc).__name__}"
+        )
+
+    @staticmethod
+    def _checked(request: Request, status: int, text: str) -> str:
         if status == 401:
             raise NftlbUnauthorized()
         if request.method == "DELETE" and status == 404:
@@ -399,10 +421,30 @@ class NftlbClient:
             raise NftlbError("GET /farms did not return JSON") from None
 
     def get_farms(self) -> ReadBack:
+        """``GET /farms``, parsed farm by farm as nftlb sends it (see `farms_stream`)."""
+        request = Request("GET", FARMS_PATH)
+        with self._lock:
+            response = self._open(request)
+            try:
+                if response.status_code != 200:
+                    text = self._read(response, request).decode("utf-8", "replace")
+                    self._checked(request, response.status_code, text)
+                return read_back(self._entries(response, request))
+            except ValueError as exc:
+                raise NftlbError(str(exc)) from None
+            finally:
+                response.close()
+
+    def _entries(self, response: httpx.Response, request: Request) -> Iterator[Any]:
+        stream = FarmsStream()
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
         try:
-            return parse_farms(self.get_farms_document())
-        except ValueError as exc:
-            raise NftlbError(str(exc)) from None
+            for chunk in response.iter_bytes():
+                yield from stream.feed(decoder.decode(chunk))
+        except httpx.HTTPError as exc:
+            raise self._unavailable(request, exc) from None
+        yield from stream.feed(decoder.decode(b"", final=True))
+        yield from stream.finish()
 
     def get_farm(self, name: str) -> tuple[bool, Farm | None]:
         """(present, farm): nftlb answers 500 for an unknown farm; the farm is None when the

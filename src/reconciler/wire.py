@@ -404,10 +404,17 @@ def parse_farms(doc: object) -> ReadBack:
     """A whole ``GET /farms`` document; raises ValueError when it is not nftlb's shape."""
     if not isinstance(doc, Mapping) or not isinstance(doc.get("farms"), list):
         raise ValueError("GET /farms did not return an object with a farms list")
+    return read_back(doc["farms"])
+
+
+def read_back(entries: Iterable[object]) -> ReadBack:
+    """The entries of a ``GET /farms`` farms list, taken one at a time (so that a stream of them,
+    see `farms_stream`, never needs to be held whole); raises ValueError for an entry that is not
+    a named object."""
     owned: list[Farm] = []
     foreign: list[str] = []
     unparsable: list[str] = []
-    for entry in doc["farms"]:
+    for entry in entries:
         if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
             raise ValueError(f"GET /farms returned a farm without a name: {entry!r:.100}")
         name: str = entry["name"]

@@ -11,8 +11,11 @@ inside its own callback (a gate) while the test drops the watch and writes, so n
 
 from __future__ import annotations
 
+import gc
+import json
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
@@ -89,9 +92,9 @@ def server_view(fake: FakeApiServer, kind: str, ns: str | None = None) -> dict[H
 def store_view(inf: Informer[Any]) -> dict[Hashable, str]:
     view = {}
     for key in inf.list_keys():
-        raw = inf.raw(key)
-        if raw is not None:
-            view[key] = raw["metadata"]["resourceVersion"]
+        rv = inf.resource_version_of(key)
+        if rv is not None:
+            view[key] = rv
     return view
 
 
@@ -230,12 +233,15 @@ def test_initial_list_fills_store_then_watches_from_list_rv(
     assert inf.get(("default", "a")) == 80
     assert inf.get(("other", "c")) == 82
     assert sorted(inf.list()) == [80, 81, 82]
-    raw_b = inf.raw(("default", "b"))
+    rv_b = server_view(fake, "Service")[("default", "b")]
+    assert inf.resource_version_of(("default", "b")) == rv_b
+    raw_b = next(e.raw for e in rec.snapshot() if e.key == ("default", "b"))
     assert raw_b is not None
     assert raw_b["metadata"]["name"] == "b"
+    assert raw_b["metadata"]["resourceVersion"] == rv_b
     assert "kind" not in raw_b  # raw list items, as the server sent them (not models)
     assert inf.get(("default", "zzz")) is None
-    assert inf.raw(("default", "zzz")) is None
+    assert inf.resource_version_of(("default", "zzz")) is None
     assert store_view(inf) == server_view(fake, "Service")
     assert inf.resource_version == list_rv
     assert sorted((e.type, e.key, e.old, e.new) for e in rec.snapshot()) == [
@@ -269,8 +275,19 @@ def test_added_modified_deleted_update_store_before_callback(
         ("DELETED", ("default", "b"), 81, None),
     ]
     deleted = rec.snapshot()[-1]
-    assert deleted.raw is not None
+    assert deleted.raw is not None  # a deletion the server reported keeps the server's dict
     assert deleted.raw["metadata"]["name"] == "b"
+    modified = rec.snapshot()[-2]
+    assert modified.raw is not None
+    assert modified.raw["kind"] == "Service"  # the watch event's object
+    # The store took the watch events' RVs (not the list's).
+    rv_a = server_view(fake, "Service")[("default", "a")]
+    assert modified.raw["metadata"]["resourceVersion"] == rv_a
+    assert inf.resource_version_of(("default", "a")) == rv_a
+    added = rec.snapshot()[-3]
+    assert added.raw is not None
+    assert inf.resource_version_of(("default", "d")) == added.raw["metadata"]["resourceVersion"]
+    assert inf.resource_version_of(("default", "b")) is None
     # The callback ran after the store was updated: it saw the new value (None once deleted).
     assert rec.store_at_call[-3:] == [
         (("default", "d"), 90),
@@ -341,7 +358,10 @@ def test_expired_history_relists_replaces_store_and_emits_the_differences(
     restarts: list[str] = []
     inf, rec = make(on_restart=restarts.append)
     assert inf.wait_for_sync(WAIT)
-    old_b_raw = inf.raw(("default", "b"))
+    old_rv_c = inf.resource_version_of(("default", "c"))
+    old_rv_d = inf.resource_version_of(("default", "d"))
+    assert old_rv_c is not None
+    assert old_rv_d is not None
     gate_key = gate(fake, rec)
     fake.drop_watches()
     fake.delete("Service", "default", "b")
@@ -360,7 +380,17 @@ def test_expired_history_relists_replaces_store_and_emits_the_differences(
         ("MODIFIED", ("default", "c"), 82, 92),
     ]
     synthetic = next(e for e in after if e.key == ("default", "b"))
-    assert synthetic.raw == old_b_raw  # the last state the store knew
+    assert synthetic.old == 81  # the last value the store held ...
+    assert synthetic.raw is None  # ... but no raw dict: the store keeps none
+    # Changes the relist found carry the list item the server sent.
+    modified = next(e for e in after if e.type == "MODIFIED")
+    assert modified.raw is not None
+    assert modified.raw["metadata"]["name"] == "c"
+    new_rv_c = server_view(fake, "Service")[("default", "c")]
+    assert modified.raw["metadata"]["resourceVersion"] == new_rv_c
+    assert inf.resource_version_of(("default", "c")) == new_rv_c != old_rv_c
+    assert inf.resource_version_of(("default", "d")) == old_rv_d  # unchanged, kept
+    assert inf.resource_version_of(("default", "b")) is None
     assert "expired" in restarts
     assert inf.stats.restarts["expired"] == 1
     assert inf.stats.lists == 2
@@ -374,15 +404,89 @@ def test_relist_after_410_emits_nothing_for_unchanged_objects(
     fake: FakeApiServer, make: Callable[..., tuple[Informer[Any], Recorder]]
 ) -> None:
     fake.seed([svc("a"), svc("b")])
-    inf, rec = make()
+    inf, rec = make(parse=lambda raw: [port_of(raw)])  # a fresh object per parse
     assert inf.wait_for_sync(WAIT)
     assert fake.wait_for_watches(1)
+    before = {k: (inf.get(k), inf.resource_version_of(k)) for k in inf.list_keys()}
     fake.fail_next("watch", 410)
     fake.drop_watches()
     assert wait_until(lambda: inf.stats.lists == 2)
     assert wait_until(lambda: fake.watch_count == 1)
     assert [e.type for e in rec.snapshot()] == ["ADDED", "ADDED"]
     assert inf.stats.restarts["expired"] == 1
+    for key, (value, rv) in before.items():
+        assert inf.get(key) is value  # the very same stored value, not the relist's parse
+        assert inf.resource_version_of(key) == rv
+
+
+class _ListResponse:
+    """What a list function returns with ``_preload_content=False``: JSON bytes."""
+
+    def __init__(self, body: JsonDict) -> None:
+        self.data = json.dumps(body).encode()
+
+    def release_conn(self) -> None:
+        pass
+
+
+def test_relist_treats_a_missing_resource_version_as_a_change() -> None:
+    """Equal RVs are unchanged; a missing RV on either side is MODIFIED, even for equal dicts."""
+    pages: list[list[JsonDict]] = []
+
+    def list_fn(*args: Any, **kwargs: Any) -> _ListResponse:
+        return _ListResponse({"metadata": {"resourceVersion": "100"}, "items": pages.pop(0)})
+
+    def item(name: str, rv: str | None) -> JsonDict:
+        meta: JsonDict = {"name": name, "namespace": "default"}
+        if rv is not None:
+            meta["resourceVersion"] = rv
+        return {"metadata": meta, "spec": {"ports": [{"port": 80}]}}
+
+    events: list[InformerEvent[Any]] = []
+    inf: Informer[Any] = Informer("rv", list_fn, parse=port_of, on_event=events.append)
+    first = [item("same", "1"), item("bumped", "1"), item("lost", "1"), item("never", None)]
+    second = [item("same", "1"), item("bumped", "2"), item("lost", None), item("never", None)]
+    pages.extend([first, second])
+    inf._list_and_replace()
+    assert [inf.resource_version_of(("default", n)) for n in ("same", "lost", "never")] == [
+        "1",
+        "1",
+        None,
+    ]
+    events.clear()
+    inf._list_and_replace()
+    assert sorted((e.type, e.key[1], e.raw is not None) for e in events) == [
+        ("MODIFIED", "bumped", True),
+        ("MODIFIED", "lost", True),
+        ("MODIFIED", "never", True),
+    ]
+    assert inf.resource_version_of(("default", "bumped")) == "2"
+    assert inf.resource_version_of(("default", "lost")) is None
+    assert inf.resource_version_of(("default", "never")) is None
+
+
+def test_the_store_does_not_retain_the_raw_dicts(
+    fake: FakeApiServer, make: Callable[..., tuple[Informer[Any], Recorder]]
+) -> None:
+    """After a list, what json.loads built (the raw dicts) is freed; only RVs and values stay."""
+    padding = "x" * 20_000
+    fake.seed([svc(f"s{i}", 80, note=padding) for i in range(50)])  # about 1 MB of raw dicts
+    gc.collect()
+    tracemalloc.start()
+    try:
+        inf, _ = make(on_event=None)  # no callback holding on to the events' raw dicts
+        assert inf.wait_for_sync(WAIT)
+        assert len(inf.list_keys()) == 50
+        gc.collect()
+        snapshot = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(True, json.decoder.__file__)]
+        )
+    finally:
+        tracemalloc.stop()
+    retained = sum(stat.size for stat in snapshot.statistics("filename"))
+    # Holding the raw dicts keeps over 1 MB decoded by json; the RV strings are a few KB.
+    assert retained < 100_000, retained
+    assert all(inf.resource_version_of(key) is not None for key in inf.list_keys())
 
 
 # ----------------------------------------------------------------------------- failures

@@ -1,0 +1,68 @@
+"""Marks: the shortcut for unchanged farms gives exactly what marking from scratch gives."""
+
+from __future__ import annotations
+
+from attrs import evolve
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reconciler.farms import MAX_MARK, Backend, Farm, _mark, assign_marks
+from tests.property.test_wire_model import farms
+
+MARKS = st.integers(min_value=-1, max_value=MAX_MARK + 1)
+
+
+@st.composite
+def desired_and_actual(draw: st.DrawFn) -> tuple[Farm, Farm | None]:
+    """A desired farm and what nftlb might hold for it: the same backends or some of them, with
+    marks that are valid, duplicated, zero or out of range, and other ports or weights."""
+    desired = draw(farms())
+    if draw(st.booleans()) and not desired.backends:
+        return desired, None
+    kept = (
+        [b for b in desired.backends if draw(st.booleans())]
+        if draw(st.booleans())
+        else list(desired.backends)
+    )
+    held = []
+    for b in kept:
+        mark = draw(st.one_of(MARKS, st.integers(0, 3), st.just(len(held) + 1)))
+        port = b.port if draw(st.integers(0, 9)) else b.port % 65535 + 1
+        held.append(Backend(b.name, b.ip, port, b.weight, mark))
+    return desired, evolve(desired, backends=tuple(held))
+
+
+@given(desired_and_actual())
+def test_assign_marks_equals_marking_from_scratch(pair: tuple[Farm, Farm | None]) -> None:
+    desired, actual = pair
+    assert assign_marks(desired, actual) == _mark(desired, actual)
+
+
+@given(desired_and_actual())
+def test_marks_are_distinct_valid_and_kept_where_nftlb_holds_a_valid_one(
+    pair: tuple[Farm, Farm | None],
+) -> None:
+    desired, actual = pair
+    marked = assign_marks(desired, actual)
+    marks = [b.mark for b in marked.backends]
+    assert len(set(marks)) == len(marks)
+    assert all(1 <= m <= MAX_MARK for m in marks)
+    assert [(b.name, b.ip, b.port, b.weight) for b in marked.backends] == [
+        (b.name, b.ip, b.port, b.weight) for b in desired.backends
+    ]
+    if actual is not None:
+        first: dict[int, str] = {}
+        for b in actual.backends:
+            if 1 <= b.mark <= MAX_MARK:
+                first.setdefault(b.mark, b.name)
+        for b in marked.backends:
+            old = actual.backend(b.name)
+            if old is not None and first.get(old.mark) == old.name:
+                assert b.mark == old.mark
+
+
+@given(farms())
+def test_marking_a_marked_farm_against_itself_changes_nothing(desired: Farm) -> None:
+    marked = assign_marks(desired, None)
+    assert assign_marks(marked, marked) == marked
+    assert assign_marks(desired, marked) == marked
