@@ -280,3 +280,76 @@ def test_a_new_endpoint_of_a_node_port_service_is_one_request_for_all_its_farms(
     result = w.controller.sync_partial()
     assert result.ok and result.operations == 2 and result.requests == 1
     assert all(len(f.backends) == 2 for f in w.farms().values())
+
+
+def node_port_service() -> Any:
+    raw = {
+        "metadata": {"name": "np", "namespace": "default", "resourceVersion": "1"},
+        "spec": {
+            "type": "NodePort",
+            "clusterIP": "10.96.0.5",
+            "ports": [{"name": "http", "port": 80, "nodePort": 30080}],
+        },
+    }
+    return parse_service(raw)[0]
+
+
+def node(ip: str, rv: str) -> Any:
+    raw = {
+        "metadata": {"name": "n1", "resourceVersion": rv},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
+    }
+    return parse_node(raw)[0]
+
+
+def node_port_frontends(w: World) -> set[str]:
+    return {f.addresses[0].ip for f in w.farms().values() if f.addresses[0].port == 30080}
+
+
+@pytest.mark.parametrize("kind", ["full", "partial"])
+def test_a_changed_node_address_moves_the_node_port_frontends_on_any_sync(kind: str) -> None:
+    """Farms of unchanged Services are reused by a full sync; a node change must still reach
+    them (the node is one of their inputs)."""
+    w = World()
+    w.put_service(node_port_service())
+    w.put_slice(eps("np", "10.1.0.1"))
+    w.nodes.items["n1"] = old = node("192.168.1.1", "1")
+    w.controller.on_node(None, old)
+    assert w.controller.sync_full().ok
+    assert node_port_frontends(w) == {"192.168.1.1"}
+    w.nodes.items["n1"] = new = node("192.168.1.9", "2")
+    w.controller.on_node(old, new)
+    result = w.controller.sync_full() if kind == "full" else w.controller.sync_partial()
+    assert result.ok
+    assert node_port_frontends(w) == {"192.168.1.9"}
+
+
+def test_a_full_sync_recomputes_only_services_whose_objects_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import reconciler.controller as controller_module
+
+    w = World()
+    for i in range(5):
+        w.put_service(service(f"s{i}", f"10.96.0.{i + 1}"))
+        w.put_slice(eps(f"s{i}", f"10.1.0.{i + 1}"))
+    assert w.controller.sync_full().ok
+    computed: list[str] = []
+    real = controller_module.service_farms
+
+    def counting(svc: Any, *args: Any) -> Any:
+        computed.append(svc.name)
+        return real(svc, *args)
+
+    monkeypatch.setattr(controller_module, "service_farms", counting)
+    assert w.controller.sync_full().ok
+    assert computed == []
+    # A relist hands back equal objects that are not the same ones: still nothing to recompute.
+    w.services.items = {k: service(k[1], s.cluster_ips[0]) for k, s in w.services.items.items()}
+    assert w.controller.sync_full().ok
+    assert computed == []
+    w.put_slice(eps("s3", "10.1.0.4", "10.1.0.99", rv="2"))
+    result = w.controller.sync_full()
+    assert result.ok and result.requests == 1
+    assert computed == ["s3"]
+    assert len(w.farms()["k8s.default.s3.http.tcp.v4"].backends) == 2
