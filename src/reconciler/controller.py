@@ -154,6 +154,7 @@ class Controller:
         # and which Services claim each (protocol, address, port).
         self._desired_map: dict[str, Farm] = {}
         self._wanted: dict[str, Farm] = {}
+        self._replaced: dict[str, Farm | None] | None = None
         self._farms_of: dict[ServiceKey, list[str]] = {}
         self._problems_of: dict[ServiceKey, list[Problem]] = {}
         self._claims: dict[tuple[Any, ...], set[ServiceKey]] = {}
@@ -359,16 +360,23 @@ class Controller:
         sub = resolve(
             (self._requests[k] for k in affected if k in self._requests), self._desired_map
         )
-        wanted = self._desired_map if not everything else {}
-        wanted = dict(wanted)
+        # Deciding everything starts afresh; deciding a few Services edits the map in place and
+        # keeps the values it replaced, so that neither costs a pass over every farm.
+        wanted: dict[str, Farm] = {} if everything else self._desired_map
+        replaced: dict[str, Farm | None] | None = None if everything else {}
         for k in affected:
             for name in self._farms_of.pop(k, ()):
+                if replaced is not None:
+                    replaced.setdefault(name, wanted.get(name))
                 wanted.pop(name, None)
             self._problems_of.pop(k, None)
         owners = dict(sub.owners)
         for farm in sub.farms:
+            if replaced is not None:
+                replaced.setdefault(farm.name, wanted.get(farm.name))
             wanted[farm.name] = farm
             self._farms_of.setdefault(owners[farm.name], []).append(farm.name)
+        self._replaced = replaced
         for p in sub.problems:
             self._problems_of.setdefault((p.ref.namespace, p.ref.name), []).append(p)
         self._wanted = wanted
@@ -415,15 +423,14 @@ class Controller:
         before = self._desired_map
         desired = self._recompute(state, keys)
         wanted = self._wanted
-        if keys is None:
-            candidates = wanted.keys() | before.keys() | self._actual.keys()
-        else:  # only farms whose desired value was replaced can differ
-            candidates = {n for n, f in wanted.items() if before.get(n) is not f}
-            candidates |= before.keys() - wanted.keys()
+        if self._replaced is None:  # decided afresh: any farm may differ
+            old = {n: before.get(n) for n in wanted.keys() | before.keys() | self._actual.keys()}
+        else:  # decided in place: only the farms replaced can differ
+            old = self._replaced
         changed = {
             n
-            for n in candidates
-            if wanted.get(n) != before.get(n) or (n in wanted) != (n in self._actual)
+            for n, was in old.items()
+            if wanted.get(n) != was or (n in wanted) != (n in self._actual)
         }
         marked = {n: assign_marks(wanted[n], self._actual.get(n)) for n in changed if n in wanted}
         plan = diff(marked.values(), [self._actual[n] for n in changed if n in self._actual])
