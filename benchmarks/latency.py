@@ -26,6 +26,7 @@ every `POLL` seconds (nftlb does not keep connections alive); nothing is subtrac
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 from collections.abc import Callable
@@ -62,11 +63,26 @@ def _gone(status: int, _: str) -> bool:
 
 
 def _syncs(agent: Agent) -> list[dict[str, Any]]:
-    return [
-        {k: line.get(k) for k in ("kind", "ok", "duration_ms", "operations", "requests", "bytes_sent")}
-        for line in agent.read()
-        if line.get("event") == "sync.done"
-    ]
+    keys = ("kind", "ok", "duration_ms", "operations", "requests", "bytes_sent", "timestamp")
+    return [{k: line.get(k) for k in keys} for line in agent.read() if line.get("event") == "sync.done"]
+
+
+def _phases(started: float, written: float, seen: float, syncs: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Where one change's time went, from this process's clock and the sync.done lines (their
+    ISO timestamps are the end of each sync, on the same clock): the API writes, the wait from
+    the last write to the start of the sync that sent the change (watch delivery, parsing, the
+    wake-up), that sync (our work and nftlb's request), and the poll noticing it."""
+    sending = [s for s in syncs if s.get("requests") and s.get("timestamp")]
+    if not sending:
+        return None
+    end = dt.datetime.fromisoformat(str(sending[0]["timestamp"]).replace("Z", "+00:00")).timestamp()
+    sync = sending[0]["duration_ms"] / 1000
+    return {
+        "api_write": written - started,
+        "to_sync": end - sync - written,
+        "sync": sync,
+        "to_seen": seen - end,
+    }
 
 
 def reconciler_run(agent: Agent, client: FloorClient, probe: Probe, kernel: str | None) -> dict[str, Any]:
@@ -74,29 +90,38 @@ def reconciler_run(agent: Agent, client: FloorClient, probe: Probe, kernel: str 
     out: dict[str, Any] = {"farm": probe.farm}
     _syncs(agent)  # drop older lines
 
-    started = time.perf_counter()
+    clock0, started = time.time(), time.perf_counter()
     fake.apply(probe.slice)
     fake.apply(probe.service)
+    written = time.time()
     out["create"] = _poll(client, probe.farm, _has_backends(probe.size), started)
+    seen = clock0 + out["create"]
     time.sleep(SETTLE)
     out["create_syncs"] = _syncs(agent)
+    out["create_phases"] = _phases(clock0, written, seen, out["create_syncs"])
 
-    started = time.perf_counter()
+    clock0, started = time.time(), time.perf_counter()
     fake.apply(probe.slice_plus_one)
+    written = time.time()
     out["add"] = _poll(client, probe.farm, _has_backends(probe.size + 1), started)
+    seen = clock0 + out["add"]
     time.sleep(SETTLE)
     out["add_syncs"] = _syncs(agent)
+    out["add_phases"] = _phases(clock0, written, seen, out["add_syncs"])
     if kernel:
         t = time.perf_counter()
         out["kernel_check"] = kernel
         out["kernel_after_add"] = kernel_has(probe.farm, probe.ip, PORT, probe.size + 1, kernel)
         out["kernel_check_s"] = time.perf_counter() - t
 
-    started = time.perf_counter()
+    clock0, started = time.time(), time.perf_counter()
     fake.delete("Service", PROBE_NS, probe.name)
+    written = time.time()
     out["delete"] = _poll(client, probe.farm, _gone, started)
+    seen = clock0 + out["delete"]
     time.sleep(SETTLE)
     out["delete_syncs"] = _syncs(agent)
+    out["delete_phases"] = _phases(clock0, written, seen, out["delete_syncs"])
     if kernel:
         out["kernel_after_delete"] = kernel_has(probe.farm, probe.ip, PORT, None, kernel)
     fake.delete(

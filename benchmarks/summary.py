@@ -13,6 +13,14 @@ TARGET_INITIAL_RATIO = 1.2
 TARGET_RSS_MB = 200.0
 
 
+def _phases_p50(phases: list[dict[str, float] | None]) -> dict[str, float] | None:
+    """The median of each phase of the reconciler's runs (see `latency._phases`)."""
+    known = [p for p in phases if p]
+    if not known:
+        return None
+    return {k: round(summary_ms([p[k] for p in known])["median"], 2) for k in known[0]}
+
+
 def _latency(scale_raw: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for size, runs in (scale_raw.get("latency") or {}).items():
@@ -30,6 +38,7 @@ def _latency(scale_raw: dict[str, Any]) -> dict[str, Any]:
                 "ratio_p50_to_request": round(rec["median"] / req["median"], 2),
                 "overhead_p50_ms": round(rec["median"] - flo["median"], 2),
                 "sync_ms": summary_ms([s["duration_ms"] / 1000 for s in syncs if s["requests"]]),
+                "phases_p50_ms": _phases_p50([r.get(f"{op}_phases") for r in runs["reconciler"]]),
             }
         adds = [r["add_syncs"] for r in runs["reconciler"]]
         row["single_change"] = {
@@ -233,6 +242,20 @@ def print_summary(s: dict[str, Any]) -> None:
                     f"{_fmt(r['floor'])}  |  {r['ratio_p50']}x  |  {r['floor_request']['median']:.1f}, "
                     f"{r['ratio_p50_to_request']}x"
                 )
+    p()
+    p(
+        "Where the reconciler's time goes, p50 ms: API write, write to sync start (watch, parse, "
+        "wake-up), the sync that sent it (ours + nftlb's request), sync end to the poll seeing it"
+    )
+    for scale, sizes in s["latency"].items():
+        for size, row in sizes.items():
+            for op in OPS:
+                ph = row[op].get("phases_p50_ms")
+                if ph:
+                    p(
+                        f"  {scale:>5} Services {size:>3} endpoints {op:<6}  "
+                        f"{ph['api_write']:.1f} / {ph['to_sync']:.1f} / {ph['sync']:.1f} / {ph['to_seen']:.1f}"
+                    )
     p()
     p("Partial sync in process (10 endpoints; p50 ms create / add / delete; whole, and without nftlb's request):")
     for scale, row in s["partial_sync"].items():
