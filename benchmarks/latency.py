@@ -15,10 +15,12 @@ Each run, for a probe Service of `size` endpoints (see `cluster.Probe`):
 * floor, right after, on the same farm name: the same three requests the reconciler sent
   (``POST /farms`` with the whole farm, ``POST /farms`` with the one new backend,
   ``DELETE /farms/<farm>``), each sent by a minimal ``http.client`` request from a thread while
-  this thread polls exactly as for the reconciler. Both figures are kept: until the poll sees
-  the change (the same instrument as the reconciler's figure, including the load the polling
-  puts on nftlb and the CPUs), and the request's own round trip (connect to the end of nftlb's
-  answer; nftlb is single-threaded and applies a change before it answers).
+  this thread polls exactly as for the reconciler, the polling starting as long before the
+  request as the reconciler's run took to start its sync (see `floor_run`). Both figures are
+  kept: from sending until the poll sees the change (the same instrument as the reconciler's
+  figure, including the load the polling puts on nftlb and the CPUs), and the request's own
+  round trip (connect to the end of nftlb's answer; nftlb is single-threaded and applies a
+  change before it answers).
 
 Reconciler and floor runs alternate, so both see the same load. Polling uses a fresh connection
 every `POLL` seconds (nftlb does not keep connections alive); nothing is subtracted.
@@ -139,10 +141,23 @@ def _send(client: FloorClient, method: str, path: str, body: bytes | None, answe
     answer.append(client.request(method, path, body))
 
 
-def floor_run(client: FloorClient, probe: Probe) -> dict[str, Any]:
+def _sender(client: FloorClient, lead: float, method: str, path: str, body: bytes | None, answer: list[Any]) -> None:
+    time.sleep(lead)
+    answer.append(time.perf_counter())
+    _send(client, method, path, body, answer)
+
+
+def floor_run(client: FloorClient, probe: Probe, leads: dict[str, float] | None = None) -> dict[str, Any]:
     """The same three requests, each sent by a minimal client from a thread while this thread
-    polls exactly as for the reconciler: `<op>` is the time until the poll sees the change (the
-    same instrument as the reconciler's figure), `<op>_request` the request's own round trip."""
+    polls exactly as for the reconciler: `<op>` is the time from sending the request until the
+    poll sees the change (the same instrument as the reconciler's figure), `<op>_request` the
+    request's own round trip.
+
+    The poll starts `leads[op]` seconds before the request is sent: the time the reconciler's run
+    took from its API write to the start of the sync that sent the change, so that nftlb has polls
+    in flight when the request arrives, as it had for the reconciler's. It matters: the same
+    one-backend POST takes about 8 ms when it reaches nftlb with the first poll and about 15 ms
+    when polls have been arriving for 2 ms."""
     out: dict[str, Any] = {"farm": probe.farm}
     for op, request, check in (
         ("create", probe.create_request, _has_backends(probe.size)),
@@ -150,12 +165,16 @@ def floor_run(client: FloorClient, probe: Probe) -> dict[str, Any]:
         ("delete", probe.delete_request, _gone),
     ):
         body = body_bytes(request) if request.body is not None else None
-        answer: list[tuple[int, str, float]] = []
-        sender = threading.Thread(target=_send, args=(client, request.method, request.path, body, answer))
-        started = time.perf_counter()
+        answer: list[Any] = []
+        lead = max(0.0, (leads or {}).get(op, 0.0))
+        sender = threading.Thread(target=_sender, args=(client, lead, request.method, request.path, body, answer))
+        polled = time.perf_counter()
         sender.start()
-        out[op] = _poll(client, probe.farm, check, started)
+        seen = _poll(client, probe.farm, check, polled)
         sender.join()
+        sent_at = answer.pop(0)
+        out[op] = seen - (sent_at - polled)
+        out[f"{op}_lead"] = lead
         status, text, seconds = answer[0]
         if status != 200 or "unknown value" in text:
             raise RuntimeError(f"floor {op} of {probe.farm}: nftlb answered {status}: {text[:200]}")
@@ -181,7 +200,9 @@ def run_latency(
         for run in range(runs):
             probe = Probe(size, run, s_index * 1000 + run)
             rec.append(reconciler_run(agent, client, probe, kernel(run)))
-            flo.append(floor_run(client, probe))
+            phases = {op: rec[-1].get(f"{op}_phases") or {} for op in ("create", "add", "delete")}
+            leads = {op: ph.get("api_write", 0.0) + ph.get("to_sync", 0.0) for op, ph in phases.items()}
+            flo.append(floor_run(client, probe, leads))
         bad = [r["farm"] for r in rec if r.get("kernel_after_add") is False or r.get("kernel_after_delete") is False]
         if bad:
             raise RuntimeError(f"the kernel did not hold what nftlb answered for {bad[:3]}")

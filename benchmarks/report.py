@@ -53,6 +53,28 @@ def tables(s: dict[str, Any]) -> str:
                     f"{_n(rec['avg'])} / {_n(rec['max'])} / {_n(rec['stddev'])} | {_n(r['floor']['median'])} "
                     f"| {r['ratio_p50']}x | {_n(r['floor_request']['median'])} | {r['ratio_p50_to_request']}x |"
                 )
+    phases = [
+        (scale, size, op, row[op]["phases_p50_ms"])
+        for scale, sizes in s["latency"].items()
+        for size, row in sizes.items()
+        for op in OPS
+        if row[op].get("phases_p50_ms")
+    ]
+    if phases:
+        w("")
+        w("### Where kube-nftlb's time goes (p50 ms of each phase, so they need not add up to the p50 above)")
+        w("")
+        w(
+            "| Services in place | Endpoints | Change | API write | write to sync start (watch, parse, wake-up) "
+            "| the sync that sent it (ours + nftlb's request) | floor request alone | sync end to the poll seeing it |"
+        )
+        w("|---:|---:|---|---:|---:|---:|---:|---:|")
+        for scale, size, op, ph in phases:
+            req = s["latency"][scale][size][op]["floor_request"]["median"]
+            w(
+                f"| {int(scale):,} | {size} | {op} | {_n(ph['api_write'])} | {_n(ph['to_sync'])} "
+                f"| {_n(ph['sync'])} | {_n(req)} | {_n(ph['to_seen'])} |"
+            )
     w("")
     w(
         "### The event path in process (`Controller.sync_partial`, 10 endpoints, p50 ms; whole, and own: "

@@ -152,6 +152,26 @@ def test_service_create_sets_server_fields_and_allocates_a_cluster_ip(
     assert lb.spec.cluster_ip != created["spec"]["clusterIP"]
 
 
+def test_a_cluster_ip_is_held_until_its_service_goes(core: kubernetes.client.CoreV1Api) -> None:
+    """The API server's allocator: a taken IP is refused (422), freed by a delete or by a change
+    to ExternalName, and never handed out while held."""
+    core.create_namespaced_service("ns1", service("a", clusterIP="10.96.0.50"))
+    with pytest.raises(ApiException) as taken:
+        core.create_namespaced_service("ns2", service("b", "ns2", clusterIP="10.96.0.50"))
+    assert taken.value.status == 422
+    assert "provided IP is already allocated" in status_of(taken.value)["message"]
+    core.delete_namespaced_service("a", "ns1")
+    assert core.create_namespaced_service("ns2", service("b", "ns2", clusterIP="10.96.0.50"))
+    external = {"type": "ExternalName", "externalName": "example.com", "clusterIP": ""}
+    core.patch_namespaced_service("b", "ns2", {"spec": external})
+    assert core.create_namespaced_service("ns1", service("c", clusterIP="10.96.0.50"))
+    allocated = {
+        core.create_namespaced_service("ns3", service(f"s{i}", "ns3")).spec.cluster_ip
+        for i in range(20)
+    }
+    assert len(allocated) == 20 and "10.96.0.50" not in allocated
+
+
 def test_service_read_list_replace_patch_delete(core: kubernetes.client.CoreV1Api) -> None:
     core.create_namespaced_service("ns1", service("web", labels={"app": "web"}))
     core.create_namespaced_service("ns2", service("web", "ns2"))

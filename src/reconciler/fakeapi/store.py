@@ -16,6 +16,7 @@ import socket
 import threading
 import uuid
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
@@ -137,6 +138,10 @@ class Store:
     watchers: set[Watcher] = field(default_factory=set)
     _ip_cursor: int = 0
     _port_cursor: int = 0
+    #: How many Services hold each cluster IP, kept by `_commit`: checking a new Service's IP
+    #: against every Service made each create cost O(Services) (13-18 ms at 5,000), where a real
+    #: API server's allocator bitmap costs O(1).
+    _ip_holders: dict[str, int] = field(default_factory=dict)
 
     # ----------------------------------------------------------------- reading
 
@@ -179,6 +184,13 @@ class Store:
     ) -> Change:
         self.rv += 1
         bucket = self.bucket(rtype)
+        if rtype.storage_key == SERVICE.storage_key:
+            for ip in _service_ips(prev):
+                self._ip_holders[ip] -= 1
+                if not self._ip_holders[ip]:
+                    del self._ip_holders[ip]
+            for ip in _service_ips(new):
+                self._ip_holders[ip] = self._ip_holders.get(ip, 0) + 1
         if new is None:
             assert prev is not None
             del bucket[key]
@@ -571,12 +583,8 @@ class Store:
     def _services(self) -> list[JsonDict]:
         return list(self.objects.get(SERVICE.storage_key, {}).values())
 
-    def _used_ips(self) -> set[str]:
-        used: set[str] = set()
-        for svc in self._services():
-            used.update(dig(svc, "spec", "clusterIPs") or [])
-            used.add(str(dig(svc, "spec", "clusterIP") or ""))
-        return used
+    def _used_ips(self) -> Collection[str]:
+        return self._ip_holders.keys()
 
     def _allocate_ip(self) -> str:
         """Next free IP from 10.96.0.10 on (.1 is the ``kubernetes`` Service), round-robin."""
@@ -695,3 +703,12 @@ def too_large(requested: int, current: int) -> ApiError:
 
 def not_found(rtype: ResourceType, name: str) -> ApiError:
     return ApiError(404, f'{rtype.qualified} "{name}" not found', details=rtype.details(name))
+
+
+def _service_ips(svc: JsonDict | None) -> set[str]:
+    """The cluster IPs a stored Service holds (its spec.clusterIP text, even empty, counts)."""
+    if svc is None:
+        return set()
+    ips = {str(ip) for ip in dig(svc, "spec", "clusterIPs") or []}
+    ips.add(str(dig(svc, "spec", "clusterIP") or ""))
+    return ips
