@@ -5,8 +5,8 @@ farm-level fields only, added or changed backends only, and explicit deletes for
 Whole farms are compared first, so unchanged farms cost one equality check; farms that differ
 are compared field by field to name the changed fields with their old and new values for the
 logs. The records compared are flat (one level of nftlb keys), so a key-by-key comparison is all
-that is needed: deepdiff, which the first version used here, added 28 MB to the agent's resident
-memory and nothing a flat record needs (docs/benchmarks.md).
+that is needed: deepdiff, which the first version used here, added about 15 MB to the agent's
+resident memory and nothing a flat record needs (docs/benchmarks.md).
 Farms that are not owned are never in a plan.
 """
 
