@@ -346,16 +346,15 @@ class NftlbClient:
     def send(self, request: Request) -> str:
         """Send one request and return nftlb's answer text, or raise a typed error."""
         with self._lock:
-            response = self._open(request)
-            try:
-                text = self._read(response, request).decode("utf-8", "replace")
-            finally:
-                response.close()
+            response = self._open(request, stream=False)
+            text = response.content.decode("utf-8", "replace")
         return self._checked(request, response.status_code, text)
 
-    def _open(self, request: Request) -> httpx.Response:
-        """Send `request` (retrying refused and reset connections) and return the response with
-        its body not read yet; the caller holds the lock and closes the response."""
+    def _open(self, request: Request, *, stream: bool = True) -> httpx.Response:
+        """Send `request` (retrying refused and reset connections) and return the response; the
+        caller holds the lock. With `stream`, the body is not read yet (a reset while reading it
+        is not retried) and the caller closes the response; without, a reset while reading the
+        answer is retried like one before it."""
         content = b"" if request.body is None else json.dumps(request.body).encode()
         headers = {"Key": self._key, "Connection": "close"}
         if request.body is not None:
@@ -368,7 +367,7 @@ class NftlbClient:
                 built = self._http.build_request(
                     request.method, request.path, content=content or None, headers=headers
                 )
-                return self._http.send(built, stream=True)
+                return self._http.send(built, stream=stream)
             except _RETRYABLE as exc:
                 if attempt >= self._retries:
                     raise NftlbUnavailable(
@@ -424,7 +423,7 @@ class NftlbClient:
         """``GET /farms``, parsed farm by farm as nftlb sends it (see `farms_stream`)."""
         request = Request("GET", FARMS_PATH)
         with self._lock:
-            response = self._open(request)
+            response = self._open(request, stream=True)
             try:
                 if response.status_code != 200:
                     text = self._read(response, request).decode("utf-8", "replace")

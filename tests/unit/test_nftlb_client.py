@@ -6,6 +6,7 @@ import json
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,7 @@ class RawServer:
     """Accepts connections, reads one request each, answers, closes (no Connection: close),
     like nftlb; records the raw bytes. `reset_first` connections are reset instead."""
 
-    def __init__(self, reset_first: int = 0) -> None:
+    def __init__(self, reset_first: int = 0, cut_first: int = 0, answer: bytes = b"") -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
@@ -88,6 +89,8 @@ class RawServer:
         self.raw: list[bytes] = []
         self.connections = 0
         self.reset_first = reset_first
+        self.cut_first = cut_first  # these get the head and half the answer, then a reset
+        self.answer = answer or b'{"response": "success"}'
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -117,8 +120,13 @@ class RawServer:
                 while len(body) < length:
                     body += conn.recv(65536)
                 self.raw.append(head + b"\r\n\r\n" + body)
-                answer = b'{"response": "success"}'
+                answer = self.answer
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(answer))
+                if self.connections <= self.reset_first + self.cut_first:
+                    conn.sendall(answer[: len(answer) // 2])
+                    time.sleep(0.05)
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    continue
                 conn.sendall(answer)
 
     def close(self) -> None:
@@ -165,6 +173,27 @@ class TestWire:
             assert c.requests_sent == 1
         assert server.connections == 3
         assert delays == [0.05, 0.1]  # exponential, with the jitter factor 0.5 + 0.5
+
+    def test_a_reset_while_the_answer_arrives_is_retried(
+        self, raw_server: Callable[..., RawServer]
+    ) -> None:
+        server = raw_server(cut_first=1)
+        with NftlbClient(f"http://127.0.0.1:{server.port}", KEY, sleep=lambda _: None) as c:
+            assert "success" in c.send(Request("DELETE", "/farms/k8s.a.b.c.tcp.v4"))
+            assert c.retries_done == 1
+        assert server.connections == 2
+
+    def test_a_read_back_cut_short_is_a_clear_error(
+        self, raw_server: Callable[..., RawServer]
+    ) -> None:
+        """GET /farms is parsed as it streams in, so a reset halfway is not retried in place:
+        the sync fails cleanly and the next one reads again."""
+        document = json.dumps({"farms": [farm_body(make_farm(i)) for i in range(1, 4)]}).encode()
+        server = raw_server(cut_first=1, answer=document)
+        with NftlbClient(f"http://127.0.0.1:{server.port}", KEY, sleep=lambda _: None) as c:
+            with pytest.raises(NftlbUnavailable, match="failed on GET /farms"):
+                c.get_farms()
+            assert [f.name for f in c.get_farms().owned] == [make_farm(i).name for i in (1, 2, 3)]
 
     def test_connection_refused_is_bounded(self) -> None:
         with socket.socket() as s:
