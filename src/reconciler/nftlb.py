@@ -11,6 +11,8 @@ Thin on purpose; the wire format lives in `wire.py`. What this layer adds, and w
 * Connection refused/reset is retried with jittered exponential backoff a bounded number of
   times: a reset request was not applied, and re-sending the same JSON is idempotent anyway.
   A read timeout is not retried (the daemon may still be working on it).
+* ``GET /farms`` is parsed farm by farm while it arrives (`farms_stream`), never held whole; a
+  reset halfway through fails that read (and so the sync), which the next sync repeats.
 * A 200 whose message says ``Parsing unknown value`` is an error (nftlb used a default); a 404 on
   DELETE is success (already gone).
 * New farms go in multi-farm POSTs of `chunk_size` farms. When a chunk fails, its farms are
