@@ -87,9 +87,7 @@ def _ref(service: Service) -> ObjectRef:
 
 def _family_of(ip: str) -> Family | None:
     info = ip_info(ip)
-    if info is None:
-        return None
-    return Family.IPV4 if info.version == 4 else Family.IPV6
+    return None if info is None else Family.of_version(info.version)
 
 
 def _canonical(ip: str) -> str:

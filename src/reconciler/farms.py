@@ -25,6 +25,11 @@ class Family(StrEnum):
     def short(self) -> str:
         return "v4" if self is Family.IPV4 else "v6"
 
+    @staticmethod
+    def of_version(version: int) -> Family:
+        """The family of an IP version (4 or 6, as `ips.IpInfo.version` gives it)."""
+        return Family.IPV4 if version == 4 else Family.IPV6
+
 
 class Protocol(StrEnum):
     TCP = "tcp"
@@ -217,7 +222,7 @@ def _ip_family(ip: str) -> Family | None:
     info = ip_info(ip)
     if info is None or info.canonical != ip:  # only canonical text: nftlb echoes what it got
         return None
-    return Family.IPV4 if info.version == 4 else Family.IPV6
+    return Family.of_version(info.version)
 
 
 def validate_farm(farm: Farm) -> list[str]:

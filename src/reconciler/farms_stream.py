@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 _WS = re.compile(r"[ \t\n\r]*")
@@ -118,15 +119,20 @@ class FarmsStream:
         return match.end()
 
 
+def farm_entries(doc: object) -> list[Any]:
+    """The farms list of a decoded ``GET /farms`` document; ValueError when it has none."""
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("farms"), list):
+        raise ValueError("GET /farms did not return an object with a farms list")
+    return list(doc["farms"])
+
+
 def _whole(text: str) -> list[Any]:
-    """The fallback: the whole document decoded at once and checked for its farms list."""
+    """The fallback: the whole document decoded at once."""
     try:
         doc = json.loads(text)
     except ValueError:
         raise ValueError("GET /farms did not return JSON") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("farms"), list):
-        raise ValueError("GET /farms did not return an object with a farms list")
-    return list(doc["farms"])
+    return farm_entries(doc)
 
 
 def _at(text: str, pos: int) -> str:

@@ -64,7 +64,7 @@ def canonical_ip(text: str) -> tuple[str, Family] | None:
     info = ip_info(text)
     if info is None or info.scoped:
         return None
-    return info.canonical, Family.IPV4 if info.version == 4 else Family.IPV6
+    return info.canonical, Family.of_version(info.version)
 
 
 def ip_sort_key(ip: str) -> tuple[int, int]:

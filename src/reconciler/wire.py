@@ -53,6 +53,7 @@ from reconciler.farms import (
     Scheduler,
     canonical_tokens,
 )
+from reconciler.farms_stream import farm_entries
 from reconciler.names import is_owned
 from reconciler.plan import Operation, OpKind
 
@@ -402,9 +403,7 @@ def parse_farm(obj: Mapping[str, Any]) -> Farm | None:
 
 def parse_farms(doc: object) -> ReadBack:
     """A whole ``GET /farms`` document; raises ValueError when it is not nftlb's shape."""
-    if not isinstance(doc, Mapping) or not isinstance(doc.get("farms"), list):
-        raise ValueError("GET /farms did not return an object with a farms list")
-    return read_back(doc["farms"])
+    return read_back(farm_entries(doc))
 
 
 def read_back(entries: Iterable[object]) -> ReadBack:

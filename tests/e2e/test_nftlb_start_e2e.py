@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
+from reconciler.nftlbd import stop_process
+
 ROOT = Path(__file__).parents[2]
 SCRIPT = ROOT / "deploy" / "image" / "nftlb-start.sh"
 PORT = 5555  # the script's default, as in the pod
@@ -143,13 +145,7 @@ class Container:
         return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def logs(self) -> str:
         return self.stdout.read_text(errors="replace") + self.stderr.read_text(errors="replace")

@@ -261,27 +261,6 @@ def test_a_farm_nftlb_refuses_is_logged_while_the_others_land() -> None:
     assert w.controller._full_needed
 
 
-def test_a_new_endpoint_of_a_node_port_service_is_one_request_for_all_its_farms() -> None:
-    w = World()
-    raw = {
-        "metadata": {"name": "np", "namespace": "default", "resourceVersion": "1"},
-        "spec": {
-            "type": "NodePort",
-            "clusterIP": "10.96.0.5",
-            "ports": [{"name": "http", "port": 80, "nodePort": 30080}],
-        },
-    }
-    svc = parse_service(raw)[0]
-    w.put_service(svc)
-    w.put_slice(eps("np", "10.1.0.1"))
-    w.controller.sync_full()
-    assert len(w.farms()) == 2  # the cluster IP's farm and the node port's
-    w.put_slice(eps("np", "10.1.0.1", "10.1.0.2", rv="2"))
-    result = w.controller.sync_partial()
-    assert result.ok and result.operations == 2 and result.requests == 1
-    assert all(len(f.backends) == 2 for f in w.farms().values())
-
-
 def node_port_service() -> Any:
     raw = {
         "metadata": {"name": "np", "namespace": "default", "resourceVersion": "1"},
@@ -292,6 +271,18 @@ def node_port_service() -> Any:
         },
     }
     return parse_service(raw)[0]
+
+
+def test_a_new_endpoint_of_a_node_port_service_is_one_request_for_all_its_farms() -> None:
+    w = World()
+    w.put_service(node_port_service())
+    w.put_slice(eps("np", "10.1.0.1"))
+    w.controller.sync_full()
+    assert len(w.farms()) == 2  # the cluster IP's farm and the node port's
+    w.put_slice(eps("np", "10.1.0.1", "10.1.0.2", rv="2"))
+    result = w.controller.sync_partial()
+    assert result.ok and result.operations == 2 and result.requests == 1
+    assert all(len(f.backends) == 2 for f in w.farms().values())
 
 
 def node(ip: str, rv: str) -> Any:
