@@ -19,9 +19,9 @@ from typing import Any, Protocol
 from attrs import define, evolve, field
 
 from reconciler.desired import Desired, ServiceFarms, resolve, service_farms
-from reconciler.diff import diff
+from reconciler.diff import diff_marked, marked_farms
 from reconciler.events import EventRecorder
-from reconciler.farms import Farm, Helper, assign_marks
+from reconciler.farms import Farm, Helper
 from reconciler.kube import ClusterState, EndpointSlice, Node, Service
 from reconciler.metrics import Metrics
 from reconciler.nftlb import NftlbClient, NftlbError, NftlbUnauthorized
@@ -397,11 +397,8 @@ class Controller:
             wanted = self._wanted
             read = self.nftlb.get_farms()
             self.metrics.actual_farms.set(len(read.owned))
-            actual = {f.name: f for f in read.owned}
-            # Marked once: the diff finds these already marked, and they are what nftlb holds
-            # once the plan is applied.
-            marked = {f.name: assign_marks(f, actual.get(f.name)) for f in desired.farms}
-            plan = diff(marked.values(), read.owned, read.unparsable)
+            marked = marked_farms(desired.farms, read.owned)
+            plan = diff_marked(marked, read.owned, read.unparsable)
             result = self._apply("full", plan, desired)
             self._actual = marked
         except NftlbError as e:
@@ -432,8 +429,9 @@ class Controller:
             for n, was in old.items()
             if wanted.get(n) != was or (n in wanted) != (n in self._actual)
         }
-        marked = {n: assign_marks(wanted[n], self._actual.get(n)) for n in changed if n in wanted}
-        plan = diff(marked.values(), [self._actual[n] for n in changed if n in self._actual])
+        held = [self._actual[n] for n in changed if n in self._actual]
+        marked = marked_farms((wanted[n] for n in changed if n in wanted), held)
+        plan = diff_marked(marked, held)
         try:
             result = self._apply("partial", plan, desired)
         except NftlbError as e:

@@ -121,13 +121,29 @@ def diff_farm(desired: Farm, actual: Farm) -> list[Operation]:
     return ops
 
 
+def marked_farms(desired: Iterable[Farm], actual: Iterable[Farm]) -> dict[str, Farm]:
+    """The owned desired farms by name, each marked against what nftlb holds for it
+    (`assign_marks`): what nftlb will hold once the plan is applied."""
+    have = {f.name: f for f in actual}
+    return {f.name: assign_marks(f, have.get(f.name)) for f in desired if is_owned(f.name)}
+
+
 def diff(desired: Iterable[Farm], actual: Iterable[Farm], broken: Iterable[str] = ()) -> Plan:
     """The plan from `actual` (as read back) to `desired`, touching owned farms only.
 
     `broken` names owned farms nftlb holds in a shape the model cannot read (see
     `wire.parse_farms`): they are deleted, and created again whole where still desired.
     """
-    want = {f.name: f for f in desired if is_owned(f.name)}
+    actual = tuple(actual)
+    return diff_marked(marked_farms(desired, actual), actual, broken)
+
+
+def diff_marked(
+    marked: Mapping[str, Farm], actual: Iterable[Farm], broken: Iterable[str] = ()
+) -> Plan:
+    """`diff` for farms already marked by `marked_farms` against the same `actual`, for a caller
+    that keeps the marked farms (the controller's view of nftlb after the plan)."""
+    want = {name: farm for name, farm in marked.items() if is_owned(name)}
     have = {f.name: f for f in actual if is_owned(f.name)}
     ops: list[Operation] = []
     for name in sorted(set(broken)):
@@ -140,10 +156,9 @@ def diff(desired: Iterable[Farm], actual: Iterable[Farm], broken: Iterable[str] 
             )
     for name, farm in want.items():
         current = have.get(name)
-        marked = assign_marks(farm, current)
         if current is None:
-            change = Change("farm", None, farm_summary(marked))
-            ops.append(Operation(OpKind.CREATE_FARM, name, (change,), farm=marked))
+            change = Change("farm", None, farm_summary(farm))
+            ops.append(Operation(OpKind.CREATE_FARM, name, (change,), farm=farm))
         else:
-            ops.extend(diff_farm(marked, current))
+            ops.extend(diff_farm(farm, current))
     return ordered(ops)
