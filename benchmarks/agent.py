@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.env import NftlbDaemon, proc_cpu_seconds, proc_status_kb
-from reconciler.fakeapi import FakeApiServer
+from reconciler.testing.fakeapi import FakeApiServer
 
 
 def write_kubeconfig(path: Path, url: str) -> None:

@@ -11,10 +11,10 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from reconciler.desired import desired_farms
-from reconciler.diff import diff
-from reconciler.farms import Farm, assign_marks
-from reconciler.kube import (
+from reconciler.core.desired import desired_farms
+from reconciler.core.diff import diff
+from reconciler.core.farms import Farm, assign_marks
+from reconciler.core.kube import (
     ClusterState,
     EndpointSlice,
     Node,
@@ -23,8 +23,8 @@ from reconciler.kube import (
     parse_node,
     parse_service,
 )
-from reconciler.plan import OpKind
-from reconciler.wire import Request, farms_document, requests_for
+from reconciler.core.plan import OpKind
+from reconciler.core.wire import Request, farms_document, requests_for
 
 NODE_NAME = "node-1"
 BENCH_NS = "bench"

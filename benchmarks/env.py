@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from reconciler.nftlbd import NFTLB, NftlbProcess, delete_tables
+from reconciler.testing.nftlbd import NFTLB, NftlbProcess, delete_tables
 
 NETNS_ENV = "KUBE_NFTLB_BENCH_NETNS"
 RUN_HINT = f"sudo unshare -n env {NETNS_ENV}=1 .venv/bin/python -m benchmarks.run"
@@ -99,7 +99,7 @@ def summary_ms(seconds: Sequence[float]) -> dict[str, float]:
 
 
 class NftlbDaemon(NftlbProcess):
-    """The shared private daemon (`reconciler.nftlbd`), with the floor's minimal client."""
+    """The shared private daemon (`reconciler.testing.nftlbd`), with the floor's minimal client."""
 
     def restart(self) -> None:
         """An empty daemon; its old tables are removed first."""

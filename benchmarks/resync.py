@@ -1,6 +1,6 @@
 """Syncs of a whole cluster, in this process: full resync, its floor, the naive baseline, profiles.
 
-The controller is the real `reconciler.controller.Controller` with a real `NftlbClient` against
+The controller is the real `reconciler.agent.controller.Controller` with a real `NftlbClient` against
 the real daemon; only the informers are replaced by stores that hold the parsed objects (as in
 tests/unit/test_controller.py). The initial sync is measured in the real `kube-nftlb run`
 process instead (see `run.py`).
@@ -18,13 +18,13 @@ from typing import Any, cast
 
 from benchmarks.cluster import NODE, NODE_NAME, chunked_documents, parse
 from benchmarks.env import FloorClient, NftlbDaemon, summary_ms
-from reconciler.controller import Controller, Settings
-from reconciler.desired import desired_farms
-from reconciler.farms import assign_marks
-from reconciler.kube import ClusterState
-from reconciler.logs import configure, get_logger
-from reconciler.metrics import Metrics
-from reconciler.nftlb import DEFAULT_CHUNK_SIZE, NftlbClient
+from reconciler.agent.controller import Controller, Settings
+from reconciler.agent.logs import configure, get_logger
+from reconciler.agent.metrics import Metrics
+from reconciler.core.desired import desired_farms
+from reconciler.core.farms import assign_marks
+from reconciler.core.kube import ClusterState
+from reconciler.nftlb.client import DEFAULT_CHUNK_SIZE, NftlbClient
 
 
 class Store:

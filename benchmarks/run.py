@@ -35,8 +35,8 @@ from benchmarks.agent import Agent
 from benchmarks.cluster import NODE, bench_objects, chunked_documents, farms_for
 from benchmarks.env import NftlbDaemon, delete_tables, loadavg, machine, why_not_runnable
 from benchmarks.summary import print_summary, summarise
-from reconciler.fakeapi import FakeApiServer
-from reconciler.nftlb import DEFAULT_CHUNK_SIZE
+from reconciler.nftlb.client import DEFAULT_CHUNK_SIZE
+from reconciler.testing.fakeapi import FakeApiServer
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from reconciler.farms import Family, Farm
-from reconciler.nftlb import NftlbClient
-from reconciler.nftlbd import NFTLB, NftlbProcess, delete_tables
+from reconciler.core.farms import Family, Farm
+from reconciler.nftlb.client import NftlbClient
+from reconciler.testing.nftlbd import NFTLB, NftlbProcess, delete_tables
 
 HERE = Path(__file__).parent
 NETNS_ENV = "KUBE_NFTLB_E2E_NETNS"
@@ -167,7 +167,7 @@ def expected_dnat_entries(farms: Iterable[Farm]) -> DnatEntries:
 
 
 class NftlbDaemon(NftlbProcess):
-    """The shared private daemon (`reconciler.nftlbd`), plus what the tests read of it."""
+    """The shared private daemon (`reconciler.testing.nftlbd`), plus what the tests read of it."""
 
     def delete_tables(self) -> None:
         delete_tables()

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 import pytest
 from attrs import evolve
 
-from reconciler.diff import diff
-from reconciler.farms import Address, Backend, Family, Farm, Mode, Protocol, validate_farms
-from reconciler.names import FarmKey, address_name, backend_name, farm_name
-from reconciler.plan import Operation, OpKind, Plan
+from reconciler.core.diff import diff
+from reconciler.core.farms import Address, Backend, Family, Farm, Mode, Protocol, validate_farms
+from reconciler.core.names import FarmKey, address_name, backend_name, farm_name
+from reconciler.core.plan import Operation, OpKind, Plan
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import NftlbDaemon

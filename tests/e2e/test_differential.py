@@ -3,8 +3,8 @@
 Random sequences of plan operations go to both; after every step the raw ``GET /farms``
 documents, and the normalised read-backs, must be equal, and equal to what was wanted, and
 both clients must have sent the same requests (IPv6 repairs included). This is what keeps
-`reconciler.nftlb_model` honest, so that the fast tests built on it mean something. As GET is
-not the truth, the kernel must also hold exactly the wanted farms' elements after every step:
+`reconciler.testing.nftlb_model` honest, so that the fast tests built on it mean something. As GET
+is not the truth, the kernel must also hold exactly the wanted farms' elements after every step:
 that checks the IPv6 repair of `NftlbClient.apply` under random sequences.
 
 The generator makes what the reconciler makes (farms `validate_farm` accepts: one frontend,
@@ -32,7 +32,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from reconciler.farms import (
+from reconciler.core.farms import (
     FARM_FIELDS,
     LOG_HOOKS,
     MAX_MARK,
@@ -50,10 +50,10 @@ from reconciler.farms import (
     sched_param_fits,
     validate_farm,
 )
-from reconciler.names import FarmKey, address_name, backend_name, farm_name
-from reconciler.nftlb import ApplyResult, NftlbClient
-from reconciler.nftlb_model import NftlbModel
-from reconciler.plan import Operation, OpKind, Plan
+from reconciler.core.names import FarmKey, address_name, backend_name, farm_name
+from reconciler.core.plan import Operation, OpKind, Plan
+from reconciler.nftlb.client import ApplyResult, NftlbClient
+from reconciler.testing.nftlb_model import NftlbModel
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import NftlbDaemon

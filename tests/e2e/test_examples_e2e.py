@@ -8,15 +8,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler.desired import desired_farms
-from reconciler.diff import diff
-from reconciler.kube import parse_objects
-from reconciler.manifests import load_paths
+from reconciler.cli.manifests import load_paths
+from reconciler.core.desired import desired_farms
+from reconciler.core.diff import diff
+from reconciler.core.kube import parse_objects
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import NftlbDaemon
 
-    from reconciler.nftlb import NftlbClient
+    from reconciler.nftlb.client import NftlbClient
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 

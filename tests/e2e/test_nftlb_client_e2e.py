@@ -8,8 +8,8 @@ import httpx
 import pytest
 from attrs import evolve
 
-from reconciler.diff import diff
-from reconciler.farms import (
+from reconciler.core.diff import diff
+from reconciler.core.farms import (
     Address,
     Backend,
     Family,
@@ -22,18 +22,9 @@ from reconciler.farms import (
     validate_farm,
     validate_farms,
 )
-from reconciler.names import FarmKey, address_name, backend_name, farm_name
-from reconciler.nftlb import (
-    UNAUTHORIZED_MESSAGE,
-    NftlbClient,
-    NftlbRejected,
-    NftlbUnauthorized,
-    NftlbUnavailable,
-    wipes_ipv6,
-)
-from reconciler.nftlb_model import NftlbModel
-from reconciler.plan import Operation, OpKind, Plan
-from reconciler.wire import (
+from reconciler.core.names import FarmKey, address_name, backend_name, farm_name
+from reconciler.core.plan import Operation, OpKind, Plan
+from reconciler.core.wire import (
     JSONObject,
     Request,
     backend_body,
@@ -41,6 +32,15 @@ from reconciler.wire import (
     post_farms_request,
     update_body,
 )
+from reconciler.nftlb.client import (
+    UNAUTHORIZED_MESSAGE,
+    NftlbClient,
+    NftlbRejected,
+    NftlbUnauthorized,
+    NftlbUnavailable,
+    wipes_ipv6,
+)
+from reconciler.testing.nftlb_model import NftlbModel
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import NftlbDaemon
@@ -341,7 +341,7 @@ def test_which_ipv6_operations_drop_the_other_ipv6_farms_rules(
       (the changed farm keeps its own; IPv4 farms are untouched; GET still says up);
     * scheduler, sched-param and est-connlimit changes and backend changes do not.
 
-    `reconciler.nftlb.IPV6_WIPING_FIELDS` must list exactly the wiping fields. If this test
+    `reconciler.nftlb.client.IPV6_WIPING_FIELDS` must list exactly the wiping fields. If this test
     fails, nftlb has changed: read the module docstring of reconciler/nftlb.py."""
     web, dns, third = _ipv6_trio()
     v4 = FARMS_V4[0]

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from reconciler.nftlbd import stop_process
+from reconciler.testing.nftlbd import stop_process
 
 ROOT = Path(__file__).parents[2]
 SCRIPT = ROOT / "deploy" / "image" / "nftlb-start.sh"

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from reconciler.demo import web_slice
-from reconciler.fakeapi import FakeApiServer
-from reconciler.farms import Farm
-from reconciler.manifests import load_paths
-from reconciler.nftlbd import free_port
+from reconciler.cli.demo import web_slice
+from reconciler.cli.manifests import load_paths
+from reconciler.core.farms import Farm
+from reconciler.testing.fakeapi import FakeApiServer
+from reconciler.testing.nftlbd import free_port
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import NftlbDaemon

@@ -14,14 +14,14 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from reconciler.controller import Controller, Settings
-from reconciler.desired import desired_farms
-from reconciler.farms import Farm
-from reconciler.kube import ClusterState, parse_endpoint_slice, parse_node, parse_service
-from reconciler.logs import configure, get_logger
-from reconciler.metrics import Metrics
-from reconciler.nftlb import NftlbClient
-from reconciler.nftlb_model import NftlbModel
+from reconciler.agent.controller import Controller, Settings
+from reconciler.agent.logs import configure, get_logger
+from reconciler.agent.metrics import Metrics
+from reconciler.core.desired import desired_farms
+from reconciler.core.farms import Farm
+from reconciler.core.kube import ClusterState, parse_endpoint_slice, parse_node, parse_service
+from reconciler.nftlb.client import NftlbClient
+from reconciler.testing.nftlb_model import NftlbModel
 
 NAMES = st.sampled_from(["web", "api", "dns"])
 NAMESPACES = st.sampled_from(["default", "other"])

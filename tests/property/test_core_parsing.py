@@ -11,9 +11,9 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.annotations import ANNOTATION_PREFIX, FarmOptions, farm_options
-from reconciler.endpoints import select_endpoints
-from reconciler.farms import (
+from reconciler.core.annotations import ANNOTATION_PREFIX, FarmOptions, farm_options
+from reconciler.core.endpoints import select_endpoints
+from reconciler.core.farms import (
     LOG_HOOKS,
     MAX_PERSIST_TTL,
     PACKET_FIELDS,
@@ -21,7 +21,7 @@ from reconciler.farms import (
     Scheduler,
     canonical_tokens,
 )
-from reconciler.kube import (
+from reconciler.core.kube import (
     ClusterState,
     Endpoint,
     EndpointSlice,
@@ -29,7 +29,7 @@ from reconciler.kube import (
     ServicePort,
     parse_objects,
 )
-from reconciler.problems import ObjectRef, Problem
+from reconciler.core.problems import ObjectRef, Problem
 from tests.property.strategies import (
     cluster_and_node,
     cluster_objects,

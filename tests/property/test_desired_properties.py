@@ -8,11 +8,11 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.desired import desired_farms
-from reconciler.endpoints import select_endpoints
-from reconciler.farms import validate_farms
-from reconciler.kube import parse_objects
-from reconciler.names import (
+from reconciler.core.desired import desired_farms
+from reconciler.core.endpoints import select_endpoints
+from reconciler.core.farms import validate_farms
+from reconciler.core.kube import parse_objects
+from reconciler.core.names import (
     EXTERNAL_IP,
     LOAD_BALANCER,
     NODE_PORT,

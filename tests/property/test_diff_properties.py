@@ -7,12 +7,12 @@ from attrs import evolve
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.diff import diff
-from reconciler.farms import Farm, Scheduler, assign_marks
-from reconciler.nftlb import NftlbClient
-from reconciler.nftlb_model import NftlbModel
-from reconciler.plan import OpKind
-from reconciler.wire import Request, farm_body, requests_for
+from reconciler.core.diff import diff
+from reconciler.core.farms import Farm, Scheduler, assign_marks
+from reconciler.core.plan import OpKind
+from reconciler.core.wire import Request, farm_body, requests_for
+from reconciler.nftlb.client import NftlbClient
+from reconciler.testing.nftlb_model import NftlbModel
 from tests.property.test_wire_model import farms
 
 

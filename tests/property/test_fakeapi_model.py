@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from kubernetes.client.exceptions import ApiException
 
-from reconciler.fakeapi import ApiError, FakeApiServer
+from reconciler.testing.fakeapi import ApiError, FakeApiServer
 
 NAMESPACES = st.sampled_from(["ns1", "ns2"])
 NAMES = st.sampled_from(["a", "b", "c"])

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.farms_stream import FarmsStream
+from reconciler.core.farms_stream import FarmsStream
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8))
 VALUES = st.recursive(
@@ -102,7 +102,7 @@ def test_an_entry_arriving_byte_by_byte_is_decoded_a_few_times_not_once_per_byte
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Retrying an incomplete entry on every piece would make a 3 MB farm cost minutes."""
-    monkeypatch.setattr("reconciler.farms_stream._DECODER", CountingDecoder())
+    monkeypatch.setattr("reconciler.core.farms_stream._DECODER", CountingDecoder())
     text = json.dumps({"farms": [{"backends": ["x" * 10] * 2000}, {}]})
     stream = FarmsStream()
     entries = [e for c in text for e in stream.feed(c)] + stream.finish()

@@ -7,7 +7,7 @@ import ipaddress
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from reconciler.ips import ip_info
+from reconciler.core.ips import ip_info
 
 OCTETS = st.one_of(
     st.integers(0, 255).map(str),

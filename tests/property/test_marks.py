@@ -6,7 +6,7 @@ from attrs import evolve
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.farms import MAX_MARK, Backend, Farm, _mark, assign_marks
+from reconciler.core.farms import MAX_MARK, Backend, Farm, _mark, assign_marks
 from tests.property.test_wire_model import farms
 
 MARKS = st.integers(min_value=-1, max_value=MAX_MARK + 1)

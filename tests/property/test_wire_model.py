@@ -10,8 +10,8 @@ from attrs import evolve
 from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
-from reconciler.diff import diff
-from reconciler.farms import (
+from reconciler.core.diff import diff
+from reconciler.core.farms import (
     FARM_FIELDS,
     LOG_HOOKS,
     MAX_MARK,
@@ -32,7 +32,7 @@ from reconciler.farms import (
     validate_farm,
     validate_farms,
 )
-from reconciler.names import (
+from reconciler.core.names import (
     EXTERNAL_IP,
     LOAD_BALANCER,
     NODE_PORT,
@@ -42,10 +42,8 @@ from reconciler.names import (
     farm_name,
     frontend_segment,
 )
-from reconciler.nftlb import NftlbClient
-from reconciler.nftlb_model import NftlbModel
-from reconciler.plan import Operation, OpKind, Plan
-from reconciler.wire import (
+from reconciler.core.plan import Operation, OpKind, Plan
+from reconciler.core.wire import (
     MAX_URI,
     farm_body,
     farms_document,
@@ -53,6 +51,8 @@ from reconciler.wire import (
     parse_farms,
     requests_for,
 )
+from reconciler.nftlb.client import NftlbClient
+from reconciler.testing.nftlb_model import NftlbModel
 
 SEGMENT = st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=10).filter(
     lambda s: s[0] != "-" and s[-1] != "-"

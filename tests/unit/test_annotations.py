@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.annotations import (
+from reconciler.core.annotations import (
     ANNOTATION_PREFIX,
     ANNOTATIONS,
     FarmOptions,
     farm_options,
 )
-from reconciler.farms import (
+from reconciler.core.farms import (
     DEFAULT_AFFINITY_TIMEOUT,
     DEFAULT_PERSIST_TTL,
     LOG_HOOKS,
@@ -19,8 +19,8 @@ from reconciler.farms import (
     Mode,
     Scheduler,
 )
-from reconciler.kube import Service
-from reconciler.problems import ObjectRef, Problem
+from reconciler.core.kube import Service
+from reconciler.core.problems import ObjectRef, Problem
 
 P = ANNOTATION_PREFIX
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.cli import main
-from reconciler.fakeapi import FakeApiServer
-from reconciler.manifests import load_paths
+from reconciler.cli.main import main
+from reconciler.cli.manifests import load_paths
+from reconciler.testing.fakeapi import FakeApiServer
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 

@@ -10,13 +10,13 @@ import httpx
 import pytest
 import structlog
 
-from reconciler.controller import Controller, Settings
-from reconciler.events import EventRecorder
-from reconciler.kube import parse_endpoint_slice, parse_node, parse_service
-from reconciler.logs import configure, get_logger
-from reconciler.metrics import Metrics
-from reconciler.nftlb import NftlbClient
-from reconciler.nftlb_model import NftlbModel
+from reconciler.agent.controller import Controller, Settings
+from reconciler.agent.logs import configure, get_logger
+from reconciler.agent.metrics import Metrics
+from reconciler.core.kube import parse_endpoint_slice, parse_node, parse_service
+from reconciler.kubeapi.events import EventRecorder
+from reconciler.nftlb.client import NftlbClient
+from reconciler.testing.nftlb_model import NftlbModel
 
 
 class Store:
@@ -318,7 +318,7 @@ def test_a_changed_node_address_moves_the_node_port_frontends_on_any_sync(kind: 
 def test_a_full_sync_recomputes_only_services_whose_objects_changed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import reconciler.controller as controller_module
+    import reconciler.agent.controller as controller_module
 
     w = World()
     for i in range(5):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler import demo
+from reconciler.cli import demo
 
 
 def test_without_root_the_demo_says_exactly_what_to_do(

@@ -231,7 +231,7 @@ def test_resources_have_requests_and_limits(pod: Obj) -> None:
 
 def _run_env_names() -> set[str]:
     """The environment variables `kube-nftlb run` reads (cli.py: env("NAME", default))."""
-    names = set(re.findall(r'env\(\s*"([A-Z][A-Z0-9_]*)"', (SRC / "cli.py").read_text()))
+    names = set(re.findall(r'env\(\s*"([A-Z][A-Z0-9_]*)"', (SRC / "cli" / "main.py").read_text()))
     assert {"NODE_NAME", "KUBE_NFTLB_NFTLB_URL", "KUBE_NFTLB_NFTLB_KEY_FILE"} <= names
     return names
 
@@ -568,9 +568,9 @@ def test_dockerfile_installs_the_wheel_into_a_venv_without_caches() -> None:
 
 
 def test_dockerfile_entrypoint_is_the_projects_console_script() -> None:
-    from reconciler.cli import build_parser
+    from reconciler.cli.main import build_parser
 
-    assert PYPROJECT["project"]["scripts"] == {"kube-nftlb": "reconciler.cli:main"}
+    assert PYPROJECT["project"]["scripts"] == {"kube-nftlb": "reconciler.cli.main:main"}
     assert _final("ENTRYPOINT") == ['["kube-nftlb"]']
     assert _final("CMD") == ['["run"]']
     assert build_parser().parse_args(["run"]).command == "run"
@@ -671,7 +671,7 @@ def test_start_script_default_key_file_is_in_the_shared_volume(pod: Obj) -> None
 
 
 def test_install_guide_uses_only_commands_and_settings_that_exist(pod: Obj) -> None:
-    from reconciler.cli import build_parser
+    from reconciler.cli.main import build_parser
 
     text = (ROOT / "docs" / "install.md").read_text()
     joined = re.sub(r"\s*\\\n\s*", " ", text)

@@ -3,11 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from reconciler.desired import desired_farms
-from reconciler.farms import Helper, Mode, Scheduler
-from reconciler.kube import parse_objects
-from reconciler.manifests import load_paths
-from reconciler.names import LOAD_BALANCER, NODE_PORT, frontend_segment
+from reconciler.cli.manifests import load_paths
+from reconciler.core.desired import desired_farms
+from reconciler.core.farms import Helper, Mode, Scheduler
+from reconciler.core.kube import parse_objects
+from reconciler.core.names import LOAD_BALANCER, NODE_PORT, frontend_segment
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 

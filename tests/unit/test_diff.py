@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from attrs import evolve
 
-from reconciler.diff import diff
-from reconciler.farms import Address, Backend, Family, Farm, Protocol, Scheduler, assign_marks
-from reconciler.plan import OpKind, render_text
+from reconciler.core.diff import diff
+from reconciler.core.farms import Address, Backend, Family, Farm, Protocol, Scheduler, assign_marks
+from reconciler.core.plan import OpKind, render_text
 
 
 def farm(name: str = "k8s.default.web.http.tcp.v4", ip: str = "10.96.0.1", n: int = 2) -> Farm:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from reconciler.endpoints import Target, select_endpoints
-from reconciler.farms import Family, Protocol
-from reconciler.kube import (
+from reconciler.core.endpoints import Target, select_endpoints
+from reconciler.core.farms import Family, Protocol
+from reconciler.core.kube import (
     Endpoint,
     EndpointPort,
     EndpointSlice,

@@ -24,7 +24,7 @@ import urllib3
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
-from reconciler.fakeapi import ApiError, FakeApiServer
+from reconciler.testing.fakeapi import ApiError, FakeApiServer
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 

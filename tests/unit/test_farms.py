@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from attrs import evolve
 
-from reconciler.farms import (
+from reconciler.core.farms import (
     Address,
     Backend,
     Family,

@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernetes.client import ApiClient, Configuration, CoreV1Api, DiscoveryV1Api
 
-from reconciler.fakeapi import FakeApiServer
-from reconciler.informer import Backoff, Informer, InformerEvent
+from reconciler.kubeapi.informer import Backoff, Informer, InformerEvent
+from reconciler.testing.fakeapi import FakeApiServer
 
 JsonDict = dict[str, Any]
 WAIT = 15.0

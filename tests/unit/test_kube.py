@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from reconciler.farms import Family, Protocol
-from reconciler.kube import (
+from reconciler.core.farms import Family, Protocol
+from reconciler.core.kube import (
     ClusterState,
     Endpoint,
     EndpointPort,
@@ -23,7 +23,7 @@ from reconciler.kube import (
     parse_objects,
     parse_service,
 )
-from reconciler.problems import ObjectRef, Problem
+from reconciler.core.problems import ObjectRef, Problem
 
 
 def service(**spec: Any) -> dict[str, Any]:

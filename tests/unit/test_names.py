@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.farms import NAME_RE, Family, Protocol
-from reconciler.names import (
+from reconciler.core.farms import NAME_RE, Family, Protocol
+from reconciler.core.names import (
     EXTERNAL_IP,
     LOAD_BALANCER,
     NODE_PORT,

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from attrs import evolve
 
-from reconciler.diff import diff
-from reconciler.farms import (
+from reconciler.core.diff import diff
+from reconciler.core.farms import (
     Address,
     Backend,
     Family,
@@ -27,8 +27,10 @@ from reconciler.farms import (
     validate_farm,
     validate_farms,
 )
-from reconciler.names import FarmKey, address_name, backend_name, farm_name
-from reconciler.nftlb import (
+from reconciler.core.names import FarmKey, address_name, backend_name, farm_name
+from reconciler.core.plan import Operation, OpKind, Plan
+from reconciler.core.wire import ReadBack, Request, farm_body, update_body
+from reconciler.nftlb.client import (
     UNAUTHORIZED_MESSAGE,
     NftlbClient,
     NftlbRejected,
@@ -37,9 +39,7 @@ from reconciler.nftlb import (
     NftlbVerifyError,
     wipes_ipv6,
 )
-from reconciler.nftlb_model import NftlbModel
-from reconciler.plan import Operation, OpKind, Plan
-from reconciler.wire import ReadBack, Request, farm_body, update_body
+from reconciler.testing.nftlb_model import NftlbModel
 
 KEY = "s3cr3t-key"
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from attrs import evolve
 
-from reconciler.diff import diff
-from reconciler.farms import (
+from reconciler.core.diff import diff
+from reconciler.core.farms import (
     Address,
     Backend,
     Family,
@@ -20,9 +20,9 @@ from reconciler.farms import (
     Scheduler,
     validate_farm,
 )
-from reconciler.names import FarmKey, address_name, backend_name, farm_name
-from reconciler.plan import Operation, OpKind
-from reconciler.wire import (
+from reconciler.core.names import FarmKey, address_name, backend_name, farm_name
+from reconciler.core.plan import Operation, OpKind
+from reconciler.core.wire import (
     MAX_URI,
     UNUSABLE_PORT,
     Request,

@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from reconciler.problems import Problem
+from reconciler.core.problems import Problem
 
 COMPONENT = "kube-nftlb"
 

@@ -15,9 +15,9 @@ from typing import Any, TypeGuard, TypeVar
 
 from attrs import field, frozen
 
-from reconciler.farms import Family, Protocol
-from reconciler.ips import ip_info
-from reconciler.problems import ObjectRef, Problem
+from reconciler.core.farms import Family, Protocol
+from reconciler.core.ips import ip_info
+from reconciler.core.problems import ObjectRef, Problem
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"

@@ -15,7 +15,7 @@ from types import MappingProxyType
 
 from attrs import frozen
 
-from reconciler.farms import (
+from reconciler.core.farms import (
     DEFAULT_AFFINITY_TIMEOUT,
     DEFAULT_PERSIST_TTL,
     LOG_HOOKS,
@@ -26,8 +26,8 @@ from reconciler.farms import (
     Scheduler,
     canonical_tokens,
 )
-from reconciler.kube import Service
-from reconciler.problems import ObjectRef, Problem
+from reconciler.core.kube import Service
+from reconciler.core.problems import ObjectRef, Problem
 
 ANNOTATION_PREFIX = "service.kubernetes.io/kube-nftlb-load-balancer-"
 

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 from attrs import frozen
 
-from reconciler.farms import (
+from reconciler.core.farms import (
     FARM_FIELDS,
     NAME_RE,
     NFTLB_LOG_HOOKS,
@@ -53,9 +53,9 @@ from reconciler.farms import (
     Scheduler,
     canonical_tokens,
 )
-from reconciler.farms_stream import farm_entries
-from reconciler.names import is_owned
-from reconciler.plan import Operation, OpKind
+from reconciler.core.farms_stream import farm_entries
+from reconciler.core.names import is_owned
+from reconciler.core.plan import Operation, OpKind
 
 #: A JSON object as sent to or read from nftlb.
 JSONObject = dict[str, Any]

@@ -22,7 +22,7 @@ import re
 
 from attrs import frozen
 
-from reconciler.farms import NAME_RE, Family, Protocol
+from reconciler.core.farms import NAME_RE, Family, Protocol
 
 OWNED_PREFIX = "k8s."
 MAX_NAME = 63

@@ -90,11 +90,11 @@ from typing import Any
 import httpx
 from attrs import evolve, frozen
 
-from reconciler.farms import NAME_RE, Family, Farm
-from reconciler.farms_stream import FarmsStream
-from reconciler.names import is_owned, parse_farm_name
-from reconciler.plan import Operation, OpKind, Plan
-from reconciler.wire import (
+from reconciler.core.farms import NAME_RE, Family, Farm
+from reconciler.core.farms_stream import FarmsStream
+from reconciler.core.names import is_owned, parse_farm_name
+from reconciler.core.plan import Operation, OpKind, Plan
+from reconciler.core.wire import (
     FARMS_PATH,
     JSONObject,
     ReadBack,

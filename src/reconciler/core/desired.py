@@ -15,9 +15,9 @@ from collections.abc import Iterable, Mapping
 
 from attrs import evolve, frozen
 
-from reconciler.annotations import FarmOptions, farm_options
-from reconciler.endpoints import select_endpoints
-from reconciler.farms import (
+from reconciler.core.annotations import FarmOptions, farm_options
+from reconciler.core.endpoints import select_endpoints
+from reconciler.core.farms import (
     HELPERS_BY_PROTOCOL,
     MAX_BACKENDS,
     Address,
@@ -32,9 +32,9 @@ from reconciler.farms import (
     sched_param_fits,
     validate_farm,
 )
-from reconciler.ips import ip_info
-from reconciler.kube import ClusterState, EndpointSlice, Node, Service, ServicePort
-from reconciler.names import (
+from reconciler.core.ips import ip_info
+from reconciler.core.kube import ClusterState, EndpointSlice, Node, Service, ServicePort
+from reconciler.core.names import (
     EXTERNAL_IP,
     LOAD_BALANCER,
     NODE_PORT,
@@ -45,7 +45,7 @@ from reconciler.names import (
     frontend_segment,
     port_segment,
 )
-from reconciler.problems import ObjectRef, Problem
+from reconciler.core.problems import ObjectRef, Problem
 
 SERVICE_PROXY_NAME = "service.kubernetes.io/service-proxy-name"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")

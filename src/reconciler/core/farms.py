@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from attrs import evolve, field, frozen
 
-from reconciler.ips import ip_info
+from reconciler.core.ips import ip_info
 
 
 class Family(StrEnum):

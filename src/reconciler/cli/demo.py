@@ -20,9 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from reconciler.farms import Farm
-from reconciler.nftlb import NftlbClient
-from reconciler.nftlbd import NFTLB, NftlbProcess, delete_tables
+from reconciler.core.farms import Farm
+from reconciler.nftlb.client import NftlbClient
+from reconciler.testing.nftlbd import NFTLB, NftlbProcess, delete_tables
 
 WEB = "k8s.default.web.http.tcp.v4"
 
@@ -170,8 +170,8 @@ def web_slice(ips: list[str]) -> dict[str, Any]:
 
 
 def run_demo() -> int:
-    from reconciler.fakeapi import FakeApiServer
-    from reconciler.manifests import load_paths
+    from reconciler.cli.manifests import load_paths
+    from reconciler.testing.fakeapi import FakeApiServer
 
     started = time.monotonic()
     examples = _examples()

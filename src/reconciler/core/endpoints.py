@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from attrs import field, frozen
 
-from reconciler.farms import Family
-from reconciler.kube import (
+from reconciler.core.farms import Family
+from reconciler.core.kube import (
     Endpoint,
     EndpointSlice,
     Service,

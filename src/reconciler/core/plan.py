@@ -12,7 +12,7 @@ from typing import Any
 
 from attrs import frozen
 
-from reconciler.farms import Backend, Farm
+from reconciler.core.farms import Backend, Farm
 
 
 class OpKind(StrEnum):

@@ -18,9 +18,9 @@ from typing import Any
 
 from attrs import asdict
 
-from reconciler.farms import FARM_FIELDS, Backend, Farm, assign_marks
-from reconciler.names import is_owned
-from reconciler.plan import Change, Operation, OpKind, Plan, ordered
+from reconciler.core.farms import FARM_FIELDS, Backend, Farm, assign_marks
+from reconciler.core.names import is_owned
+from reconciler.core.plan import Change, Operation, OpKind, Plan, ordered
 
 
 def _jsonable(value: Any) -> Any:

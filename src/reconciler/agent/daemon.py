@@ -13,10 +13,10 @@ from typing import Any
 import kubernetes
 from attrs import define
 
-from reconciler.controller import Controller, Settings
-from reconciler.events import EventRecorder
-from reconciler.informer import Informer, InformerEvent
-from reconciler.kube import (
+from reconciler.agent.controller import Controller, Settings
+from reconciler.agent.logs import get_logger
+from reconciler.agent.metrics import HealthServer, Metrics
+from reconciler.core.kube import (
     EndpointSlice,
     Node,
     Service,
@@ -24,10 +24,10 @@ from reconciler.kube import (
     parse_node,
     parse_service,
 )
-from reconciler.logs import get_logger
-from reconciler.metrics import HealthServer, Metrics
-from reconciler.nftlb import NftlbClient
-from reconciler.problems import Problem
+from reconciler.core.problems import Problem
+from reconciler.kubeapi.events import EventRecorder
+from reconciler.kubeapi.informer import Informer, InformerEvent
+from reconciler.nftlb.client import NftlbClient
 
 
 @define

@@ -16,15 +16,15 @@ from typing import Any, TextIO
 import yaml
 
 from reconciler import __version__
-from reconciler.config import ConfigError, duration, env, kube_api_client, read_key
-from reconciler.desired import Desired, desired_farms
-from reconciler.diff import diff
-from reconciler.farms import Farm, assign_marks
-from reconciler.kube import parse_objects
-from reconciler.manifests import ManifestError, load_paths
-from reconciler.plan import render_text
-from reconciler.problems import Problem
-from reconciler.wire import farms_document, parse_farms
+from reconciler.agent.config import ConfigError, duration, env, kube_api_client, read_key
+from reconciler.cli.manifests import ManifestError, load_paths
+from reconciler.core.desired import Desired, desired_farms
+from reconciler.core.diff import diff
+from reconciler.core.farms import Farm, assign_marks
+from reconciler.core.kube import parse_objects
+from reconciler.core.plan import render_text
+from reconciler.core.problems import Problem
+from reconciler.core.wire import farms_document, parse_farms
 
 EXIT_OK, EXIT_CHANGES, EXIT_ERROR = 0, 1, 2
 
@@ -141,7 +141,7 @@ def _actual_farms(args: argparse.Namespace) -> list[Farm]:
             raise UsageError(f"{args.state}: not a GET /farms answer (no 'farms' list)")
         return list(parse_farms(doc).owned)
     if args.nftlb:
-        from reconciler.nftlb import NftlbClient, NftlbError
+        from reconciler.nftlb.client import NftlbClient, NftlbError
 
         if not args.nftlb_key_file:
             raise UsageError("--nftlb needs --nftlb-key-file")
@@ -174,9 +174,9 @@ def _wait_for_key(path: str, timeout: float = 60.0) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from reconciler.controller import Settings
-    from reconciler.daemon import Daemon, DaemonOptions
-    from reconciler.logs import configure, redact
+    from reconciler.agent.controller import Settings
+    from reconciler.agent.daemon import Daemon, DaemonOptions
+    from reconciler.agent.logs import configure, redact
 
     configure(args.log_format, args.log_level)
     try:
@@ -222,7 +222,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from reconciler.demo import main as demo_main
+    from reconciler.cli.demo import main as demo_main
 
     return demo_main()
 

@@ -18,15 +18,15 @@ from typing import Any, Protocol
 
 from attrs import define, evolve, field
 
-from reconciler.desired import Desired, ServiceFarms, resolve, service_farms
-from reconciler.diff import diff_marked, marked_farms
-from reconciler.events import EventRecorder
-from reconciler.farms import Farm, Helper
-from reconciler.kube import ClusterState, EndpointSlice, Node, Service
-from reconciler.metrics import Metrics
-from reconciler.nftlb import NftlbClient, NftlbError, NftlbUnauthorized
-from reconciler.plan import Plan
-from reconciler.problems import Problem
+from reconciler.agent.metrics import Metrics
+from reconciler.core.desired import Desired, ServiceFarms, resolve, service_farms
+from reconciler.core.diff import diff_marked, marked_farms
+from reconciler.core.farms import Farm, Helper
+from reconciler.core.kube import ClusterState, EndpointSlice, Node, Service
+from reconciler.core.plan import Plan
+from reconciler.core.problems import Problem
+from reconciler.kubeapi.events import EventRecorder
+from reconciler.nftlb.client import NftlbClient, NftlbError, NftlbUnauthorized
 
 ServiceKey = tuple[str, str]
 
