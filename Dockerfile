@@ -1,5 +1,6 @@
 # kube-nftlb: one image, two containers in the DaemonSet (deploy/daemonset.yaml).
-#   reconciler: `kube-nftlb run` as uid 65532, no capabilities (the default ENTRYPOINT and CMD)
+#   reconciler: `kube-nftlb run` (the default ENTRYPOINT and CMD); the image runs as uid 65532,
+#               the DaemonSet as uid 0 with CAP_NET_ADMIN only (conntrack cleanup)
 #   nftlb:      /usr/local/bin/nftlb-start.sh as uid 0 with CAP_NET_ADMIN only (see docs/install.md)
 #
 #   docker build -t REGISTRY/kube-nftlb:0.1.0 .

@@ -34,6 +34,7 @@ PORT_NAMES = ("", "http", "https", "dns", "metrics")
 PORT_NUMBERS = (53, 80, 443, 8080)
 TARGET_PORTS = (8080, 9090, 53)
 NODE_PORTS = (30080, 30443, 31000)
+HEALTH_CHECK_PORTS = (32000, 32001, 32000, 30080)
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
 
@@ -267,6 +268,8 @@ def service_dicts(
         }
     if service_type in ("NodePort", "LoadBalancer"):
         spec["externalTrafficPolicy"] = _pick(draw, ("Cluster", "Local", "Global", _ABSENT, *bogus))
+    if service_type == "LoadBalancer" and draw(_bools):
+        spec["healthCheckNodePort"] = _maybe(draw, _pick(draw, HEALTH_CHECK_PORTS), junk)
     spec["internalTrafficPolicy"] = _pick(draw, ("Cluster", "Local", _ABSENT))
     status: Any = {}
     if service_type == "LoadBalancer":

@@ -282,16 +282,33 @@ def test_no_container_is_privileged_or_can_escalate(pod: Obj) -> None:
 
 
 def test_exact_capabilities(pod: Obj) -> None:
-    # Proven in tests/e2e/test_nftlb_start_e2e.py: NET_ADMIN is enough for nftlb, and needed.
+    # Proven in tests/e2e/test_nftlb_start_e2e.py: NET_ADMIN is enough for nftlb, and needed;
+    # in tests/e2e/test_conntrack_e2e.py: the same for the reconciler's conntrack cleanup.
     assert _caps(_container(pod, "nftlb")) == (["ALL"], ["NET_ADMIN"])
-    assert _caps(_container(pod, "reconciler")) == (["ALL"], [])
+    assert _caps(_container(pod, "reconciler")) == (["ALL"], ["NET_ADMIN"])
 
 
-def test_reconciler_is_not_root(pod: Obj) -> None:
+def test_reconciler_is_root_only_for_its_capability(pod: Obj) -> None:
+    # Kubernetes gives added capabilities to uid 0 only; the group stays the unprivileged one
+    # the key file is shared with, and the image's own user (for render and diff) is not root.
     sc = _container(pod, "reconciler")["securityContext"]
-    assert sc["runAsNonRoot"] is True
-    assert sc["runAsUser"] != 0
+    assert sc["runAsUser"] == 0
+    assert sc["runAsNonRoot"] is False
     assert sc["runAsGroup"] != 0
+    user, _, group = _final("USER")[0].partition(":")
+    assert user != "0" and group == str(sc["runAsGroup"])
+
+
+def test_the_reconciler_declares_kube_proxys_health_port(pod: Obj) -> None:
+    from reconciler.cli.main import build_parser
+
+    rec = _container(pod, "reconciler")
+    address = build_parser().parse_args(["run"]).healthz_bind_address
+    env = _env(rec).get("KUBE_NFTLB_HEALTHZ_BIND_ADDRESS")
+    address = env["value"] if env else address
+    assert rec["ports"] == [
+        {"name": "healthz", "containerPort": int(address.rpartition(":")[2]), "protocol": "TCP"}
+    ]
 
 
 def test_nftlb_is_root_only_for_its_capability_and_shares_the_reconcilers_group(pod: Obj) -> None:
@@ -576,11 +593,16 @@ def test_dockerfile_entrypoint_is_the_projects_console_script() -> None:
     assert build_parser().parse_args(["run"]).command == "run"
 
 
-def test_dockerfile_runs_as_the_reconcilers_numeric_user(pod: Obj) -> None:
+def test_dockerfile_runs_as_an_unprivileged_numeric_user_of_the_reconcilers_group(
+    pod: Obj,
+) -> None:
     rec = _container(pod, "reconciler")["securityContext"]
-    assert _final("USER") == [f"{rec['runAsUser']}:{rec['runAsGroup']}"]
+    [user] = _final("USER")
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and uid != "0"
+    assert gid == str(rec["runAsGroup"])
     runs = " ".join(_final("RUN"))
-    assert f"--uid {rec['runAsUser']}" in runs
+    assert f"--uid {uid}" in runs
     assert f"--gid {rec['runAsGroup']}" in runs
 
 

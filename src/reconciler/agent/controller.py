@@ -13,15 +13,24 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from attrs import define, evolve, field
 
+from reconciler.agent.health import ProxyHealthTracker, ServiceHealthServers
 from reconciler.agent.metrics import Metrics
+from reconciler.core.conntrack_plan import (
+    ConntrackFilter,
+    UdpFrontend,
+    after_cleanup,
+    conntrack_plan,
+    udp_frontends,
+)
 from reconciler.core.desired import Desired, ServiceFarms, resolve, service_farms
 from reconciler.core.diff import diff_marked, marked_farms
 from reconciler.core.farms import Farm, Helper
+from reconciler.core.health import ServiceHealth, health_check_ports, service_health
 from reconciler.core.kube import ClusterState, EndpointSlice, Node, Service
 from reconciler.core.plan import Plan
 from reconciler.core.problems import Problem
@@ -29,6 +38,12 @@ from reconciler.kubeapi.events import EventRecorder
 from reconciler.nftlb.client import NftlbClient, NftlbError, NftlbUnauthorized
 
 ServiceKey = tuple[str, str]
+
+
+class ConntrackCleaner(Protocol):
+    """What the controller needs of the kernel's conntrack (kernel/conntrack.py)."""
+
+    def cleanup(self, plan: ConntrackFilter) -> Sequence[Any]: ...
 
 
 class Cache(Protocol):
@@ -131,7 +146,16 @@ class Controller:
         log: Any,
         events: EventRecorder | None = None,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        conntrack: ConntrackCleaner | None = None,
+        proxy_health: ProxyHealthTracker | None = None,
+        health_checks: ServiceHealthServers | None = None,
     ) -> None:
+        self.conntrack, self.proxy_health, self.health_checks = (
+            conntrack,
+            proxy_health,
+            health_checks,
+        )
         self.settings, self.nftlb, self.metrics, self.log, self.events = (
             settings,
             nftlb,
@@ -167,6 +191,11 @@ class Controller:
         self._next_full = 0.0
         self._failures = 0
         self._reported: set[Problem] = set()
+        # UDP frontends (for conntrack cleanup) and health checks, per Service, recomputed with
+        # its farms; and the UDP frontends as the last successful conntrack cleanup left them.
+        self._udp: dict[ServiceKey, tuple[UdpFrontend, ...]] = {}
+        self._cleaned: dict[ServiceKey, tuple[UdpFrontend, ...]] = {}
+        self._health_of: dict[ServiceKey, ServiceHealth] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_result: SyncResult | None = None
@@ -211,18 +240,27 @@ class Controller:
             return
         with self._cond:
             self._node = new
+        if self.proxy_health is not None:
+            self.proxy_health.node = new
         if not _same(old, new):
+            self._queued()
             with self._cond:
                 self._all_dirty = True
                 self._cond.notify()
 
+    def _queued(self) -> None:
+        if self.proxy_health is not None:
+            self.proxy_health.queued()
+
     def _mark(self, keys: Iterable[ServiceKey]) -> None:
+        self._queued()
         with self._cond:
             self._dirty.update(keys)
             self.metrics.pending_changes.set(len(self._dirty))
             self._cond.notify()
 
     def request_full_sync(self) -> None:
+        self._queued()
         with self._cond:
             self._full_needed = True
             self._cond.notify()
@@ -323,6 +361,9 @@ class Controller:
                 for k, now in inputs.items()
             }
             self._inputs = inputs
+            self._udp, self._health_of = {}, {}
+            for k, service in state.services.items():
+                self._node_side(k, service, state)
             self._claims = {}
             for k, request in self._requests.items():
                 for t in _tuples(request):
@@ -338,7 +379,10 @@ class Controller:
                     touched.add(t)
                     self._claims.get(t, set()).discard(k)
             svc = state.services.get(k)
+            self._udp.pop(k, None)
+            self._health_of.pop(k, None)
             if svc is not None:
+                self._node_side(k, svc, state)
                 self._requests[k] = new = service_farms(svc, state, s.node_name, s.proxy_name)
                 self._inputs[k] = (svc, state.slices_for(svc), node)
                 for t in _tuples(new):
@@ -353,6 +397,16 @@ class Controller:
             f is not None and f.helper is not Helper.NONE for f in (*old_farms, *new_farms)
         )
         return self._resolve(affected, everything=helpers)
+
+    def _node_side(self, key: ServiceKey, service: Service, state: ClusterState) -> None:
+        """A Service's UDP frontends and health check, beside its farms."""
+        s = self.settings
+        udp = udp_frontends(service, state, s.node_name, s.proxy_name)
+        if udp:
+            self._udp[key] = udp
+        health = service_health(service, state, s.node_name, s.proxy_name)
+        if health is not None:
+            self._health_of[key] = health
 
     def _resolve(self, affected: set[ServiceKey], *, everything: bool) -> Desired:
         if everything:
@@ -386,6 +440,7 @@ class Controller:
     def sync_full(self) -> SyncResult:
         """Everything: recompute all Services, read nftlb back, correct any drift."""
         started = time.perf_counter()
+        wall = time.time()
         with self._cond:
             self._dirty.clear()
             self._all_dirty = False
@@ -405,11 +460,14 @@ class Controller:
             return self._failed("full", e, started)
         self._desired_map = wanted
         self._next_full = self._clock() + self.settings.resync_period
+        if result.ok:
+            self._after_sync(None, wall)
         return self._done(result, started, triggers)
 
     def sync_partial(self) -> SyncResult:
         """Only the dirty Services: diff their farms against nftlb as last read or written."""
         started = time.perf_counter()
+        wall = time.time()
         with self._cond:
             keys: set[ServiceKey] | None = None if self._all_dirty else set(self._dirty)
             self._dirty.clear()
@@ -443,7 +501,62 @@ class Controller:
             else:
                 self._actual.pop(n, None)
         self._desired_map = wanted
+        if result.ok:
+            self._after_sync(keys, wall)
         return self._done(result, started, triggers)
+
+    # -- after a successful sync: health checks, conntrack, proxy health ------------------------
+
+    def _after_sync(self, keys: set[ServiceKey] | None, started: float) -> None:
+        """What kube-proxy does once its rules are in: health servers, then conntrack [NFT]."""
+        if self.health_checks is not None:
+            ports, problems = health_check_ports(self._health_of.values())
+            self.health_checks.sync(ports)
+            for p in problems:
+                self.log.warning(
+                    "service.problem",
+                    service=f"{p.ref.namespace}/{p.ref.name}",
+                    reason=p.reason,
+                    message=p.message,
+                    key=p.key or None,
+                    value=p.value or None,
+                )
+        if self.conntrack is not None:
+            self._clean_conntrack(keys)
+        if self.proxy_health is not None:
+            self.proxy_health.updated(started)
+
+    def _clean_conntrack(self, keys: set[ServiceKey] | None) -> None:
+        """Delete the stale UDP entries of the frontends that changed (all, after a restart or
+        a failed cleanup); a failure is logged, counted and retried after the next sync."""
+        assert self.conntrack is not None
+        if keys is None:
+            desired: dict[ServiceKey, tuple[UdpFrontend, ...]] = self._udp
+        else:
+            desired = {k: self._udp.get(k, ()) for k in keys}
+        plan = conntrack_plan(self._cleaned, desired)
+        if plan:
+            try:
+                results = self.conntrack.cleanup(plan)
+            except Exception as e:
+                self._cleaned = {}  # check everything next time
+                for family in plan.families:
+                    self.metrics.conntrack_errors.labels(ip_family=family.value).inc()
+                self.log.error("conntrack.failed", error=str(e), error_type=type(e).__name__)
+                return
+            for r in results:
+                family = r.family.value
+                self.metrics.conntrack_deleted.labels(ip_family=family).inc(r.deleted)
+                self.metrics.conntrack_duration.labels(ip_family=family).observe(r.duration)
+                self.log.info(
+                    "conntrack.cleanup",
+                    ip_family=family,
+                    frontends=sum(1 for f in plan.frontends if f[0] is r.family),
+                    listed=r.listed,
+                    deleted=r.deleted,
+                    duration_ms=round(r.duration * 1000, 2),
+                )
+        self._cleaned = after_cleanup(self._cleaned, desired, None if keys is None else keys)
 
     def _apply(self, kind: str, plan: Plan, desired: Desired) -> SyncResult:
         for op in plan:
@@ -534,6 +647,7 @@ class Controller:
 
     def _failed(self, kind: str, error: NftlbError, started: float) -> SyncResult:
         self.ready = False
+        self._queued()
         with self._cond:
             self._full_needed = True
         self.metrics.sync_errors.labels(kind=kind).inc()

@@ -14,8 +14,11 @@ import kubernetes
 from attrs import define
 
 from reconciler.agent.controller import Controller, Settings
+from reconciler.agent.health import ProxyHealthServer, ProxyHealthTracker, ServiceHealthServers
+from reconciler.agent.http import HttpServers, parse_address
 from reconciler.agent.logs import get_logger
 from reconciler.agent.metrics import HealthServer, Metrics
+from reconciler.core.health import TIMEOUT_SYNC_PERIODS
 from reconciler.core.kube import (
     EndpointSlice,
     Node,
@@ -36,6 +39,11 @@ class DaemonOptions:
     nftlb_url: str
     nftlb_key: str
     metrics_address: str = "127.0.0.1:9195"
+    #: kube-proxy's --healthz-bind-address: /healthz and /livez ("" for none).
+    healthz_address: str = "0.0.0.0:10256"
+    #: Where healthCheckNodePorts listen: an IP, "" for every address, None for none.
+    health_check_host: str | None = ""
+    conntrack_cleanup: bool = True
     watch_timeout: tuple[int, int] = (240, 300)
     inactivity_timeout: float | None = None
     events: bool = True
@@ -119,6 +127,27 @@ class Daemon:
             on_restart=restarts("nodes"),
             **common,
         )
+        self.http = HttpServers()
+        timeout = TIMEOUT_SYNC_PERIODS * options.settings.resync_period
+        self.proxy_health = ProxyHealthTracker(timeout)
+        self.health_checks = (
+            None
+            if options.health_check_host is None
+            else ServiceHealthServers(
+                self.http, options.health_check_host, self.proxy_health, self.metrics, self.log
+            )
+        )
+        self.proxy_health_server: ProxyHealthServer | None = None
+        if options.healthz_address:
+            host, port = parse_address(options.healthz_address)
+            self.proxy_health_server = ProxyHealthServer(
+                self.http, host, port, self.proxy_health, self.metrics
+            )
+        conntrack = None
+        if options.conntrack_cleanup:
+            from reconciler.kernel.conntrack import Conntrack
+
+            conntrack = Conntrack()
         self.controller = Controller(
             options.settings,
             self.nftlb,
@@ -128,6 +157,9 @@ class Daemon:
             self.metrics,
             self.log,
             recorder,
+            conntrack=conntrack,
+            proxy_health=self.proxy_health,
+            health_checks=self.health_checks,
         )
         self.health: HealthServer | None = None
         self._stopped = threading.Event()
@@ -148,12 +180,22 @@ class Daemon:
             nftlb=self.options.nftlb_url,
             resync_period=self.options.settings.resync_period,
             metrics=self.options.metrics_address,
+            healthz=self.options.healthz_address,
+            conntrack_cleanup=self.options.conntrack_cleanup,
         )
+        self.http.start()
         if self.options.metrics_address:
             self.health = HealthServer(
-                self.metrics, self.options.metrics_address, self._live, self._ready
+                self.metrics, self.options.metrics_address, self._live, self._ready, self.http
             )
             self.health.start()
+        if self.proxy_health_server is not None:
+            try:
+                self.proxy_health_server.start()
+            except OSError as e:  # as kube-proxy: the proxy works on without its health server
+                self.log.error(
+                    "health.listen_failed", address=self.options.healthz_address, error=str(e)
+                )
         for informer in (self.services, self.slices, self.nodes):
             informer.start()
         if loop:
@@ -172,8 +214,9 @@ class Daemon:
         self.controller.stop()
         for informer in (self.services, self.slices, self.nodes):
             informer.stop()
-        if self.health is not None:
-            self.health.stop()
+        if self.health_checks is not None:
+            self.health_checks.stop()
+        self.http.stop()
 
 
 __all__ = ["Daemon", "DaemonOptions", "InformerEvent"]

@@ -6,13 +6,13 @@ process never share counters. Names follow Prometheus conventions; see docs/metr
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from reconciler.agent.http import HttpServers, Listener, Request, Response, parse_address
 
 _SYNC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -74,6 +74,43 @@ class Metrics:
             registry=r,
         )
 
+        self.proxy_healthz = Counter(
+            f"{p}proxy_healthz_total",
+            "Answers of the proxy health server's /healthz, by HTTP code.",
+            ["code"],
+            registry=r,
+        )
+        self.proxy_livez = Counter(
+            f"{p}proxy_livez_total",
+            "Answers of the proxy health server's /livez, by HTTP code.",
+            ["code"],
+            registry=r,
+        )
+        self.health_check_ports = Gauge(
+            f"{p}health_check_node_ports",
+            "healthCheckNodePorts this node is serving.",
+            registry=r,
+        )
+        self.conntrack_deleted = Counter(
+            f"{p}conntrack_deleted_entries_total",
+            "Stale UDP conntrack entries deleted after syncs, by IP family.",
+            ["ip_family"],
+            registry=r,
+        )
+        self.conntrack_duration = Histogram(
+            f"{p}conntrack_cleanup_duration_seconds",
+            "Time one conntrack cleanup took (list UDP entries, delete stale ones), by IP family.",
+            ["ip_family"],
+            registry=r,
+            buckets=_SYNC_BUCKETS,
+        )
+        self.conntrack_errors = Counter(
+            f"{p}conntrack_cleanup_errors_total",
+            "Conntrack cleanups that failed (retried after the next sync), by IP family.",
+            ["ip_family"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -82,51 +119,46 @@ class HealthServer:
     """Serves /metrics, /healthz (the loop is alive) and /readyz (synced and nftlb reachable)."""
 
     def __init__(
-        self, metrics: Metrics, address: str, live: Callable[[], bool], ready: Callable[[], bool]
+        self,
+        metrics: Metrics,
+        address: str,
+        live: Callable[[], bool],
+        ready: Callable[[], bool],
+        servers: HttpServers | None = None,
     ) -> None:
-        host, _, port = address.rpartition(":")
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path == "/metrics":
-                    self._send(200, outer.metrics.render(), CONTENT_TYPE_LATEST)
-                elif self.path == "/healthz":
-                    ok = outer.live()
-                    self._send(200 if ok else 503, b"ok\n" if ok else b"sync loop stalled\n")
-                elif self.path == "/readyz":
-                    ok = outer.ready()
-                    self._send(200 if ok else 503, b"ok\n" if ok else b"not ready\n")
-                else:
-                    self._send(404, b"not found\n")
-
-            def _send(
-                self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8"
-            ) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
         self.metrics, self.live, self.ready = metrics, live, ready
-        self.server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name="health", daemon=True)
+        self.host, self._port = parse_address(address)
+        self.host = self.host or "127.0.0.1"
+        self._own = servers is None
+        self.servers = servers or HttpServers()
+        self._listener: Listener | None = None
+
+    def handle(self, request: Request) -> Response:
+        path = request.path.split("?", 1)[0]
+        if path == "/metrics":
+            return Response(200, self.metrics.render(), CONTENT_TYPE_LATEST)
+        if path == "/healthz":
+            ok = self.live()
+            return Response(200 if ok else 503, b"ok\n" if ok else b"sync loop stalled\n")
+        if path == "/readyz":
+            ok = self.ready()
+            return Response(200 if ok else 503, b"ok\n" if ok else b"not ready\n")
+        return Response(404, b"not found\n")
 
     @property
     def port(self) -> int:
-        return int(self.server.server_address[1])
+        assert self._listener is not None, "not started"
+        return self._listener.port
 
     def start(self) -> None:
-        self.thread.start()
+        self.servers.start()
+        self._listener = self.servers.listen(self.host, self._port, self.handle)
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        if self._own:
+            self.servers.stop()
+        elif self._listener is not None:
+            self._listener.close()
 
 
 def now() -> float:

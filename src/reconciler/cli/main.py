@@ -17,6 +17,7 @@ import yaml
 
 from reconciler import __version__
 from reconciler.agent.config import ConfigError, duration, env, kube_api_client, read_key
+from reconciler.agent.http import AddressError, parse_address
 from reconciler.cli.manifests import ManifestError, load_paths
 from reconciler.core.desired import Desired, desired_farms
 from reconciler.core.diff import diff
@@ -173,6 +174,22 @@ def _wait_for_key(path: str, timeout: float = 60.0) -> str:
     return read_key(path)
 
 
+def _health_check_host(text: str) -> str | None:
+    """None for 'off', "" for every address, else a canonical IP."""
+    import ipaddress
+
+    if text == "off":
+        return None
+    if text == "":
+        return ""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError as e:
+        raise ConfigError(
+            f"--health-check-node-port-address {text!r} is not an IP address or 'off'"
+        ) from e
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from reconciler.agent.controller import Settings
     from reconciler.agent.daemon import Daemon, DaemonOptions
@@ -192,7 +209,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         api_client = kube_api_client(args.kubeconfig)
         watch_timeout = duration(args.watch_timeout)
+        if args.healthz_bind_address:
+            parse_address(args.healthz_bind_address)
+        health_check_host = _health_check_host(args.health_check_node_port_address)
         stall = duration(args.watch_stall_timeout) if args.watch_stall_timeout else None
+    except AddressError as e:
+        raise UsageError(f"--healthz-bind-address: {e}") from e
     except ConfigError as e:
         raise UsageError(str(e)) from e
     options = DaemonOptions(
@@ -202,6 +224,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.metrics_address,
         watch_timeout=(max(1, int(watch_timeout * 0.8)), max(1, int(watch_timeout))),
         inactivity_timeout=stall,
+        healthz_address=args.healthz_bind_address,
+        health_check_host=health_check_host,
+        conntrack_cleanup=args.conntrack_cleanup == "true",
     )
     daemon = Daemon(options, api_client)
     if args.once:
@@ -267,6 +292,25 @@ def _add_run(sub: Any) -> None:
         default=env("KUBE_NFTLB_METRICS_ADDRESS", "127.0.0.1:9195"),
         help="host:port for /metrics, /healthz, /readyz "
         "(env KUBE_NFTLB_METRICS_ADDRESS; empty: off)",
+    )
+    a(
+        "--healthz-bind-address",
+        default=env("KUBE_NFTLB_HEALTHZ_BIND_ADDRESS", "0.0.0.0:10256"),
+        help="host:port of the kube-proxy compatible /healthz and /livez that load balancers "
+        "probe (env KUBE_NFTLB_HEALTHZ_BIND_ADDRESS; empty: off)",
+    )
+    a(
+        "--health-check-node-port-address",
+        default=env("KUBE_NFTLB_HEALTH_CHECK_NODE_PORT_ADDRESS", "0.0.0.0"),
+        help="IP the healthCheckNodePorts of LoadBalancer Services with externalTrafficPolicy "
+        "Local listen on (env KUBE_NFTLB_HEALTH_CHECK_NODE_PORT_ADDRESS; 'off': none)",
+    )
+    a(
+        "--conntrack-cleanup",
+        choices=("true", "false"),
+        default=env("KUBE_NFTLB_CONNTRACK_CLEANUP", "true"),
+        help="delete stale UDP conntrack entries after syncs, as kube-proxy does; needs "
+        "CAP_NET_ADMIN (env KUBE_NFTLB_CONNTRACK_CLEANUP)",
     )
     a(
         "--log-format",

@@ -56,7 +56,7 @@ def select_endpoints(
     for s in sorted(slices, key=lambda s: s.name):
         if (s.namespace, s.service_name) != service.key or s.address_type != address_type:
             continue
-        number = _backend_port(s, port)
+        number = endpoint_port(s, port)
         if number is None:
             continue
         for endpoint in s.endpoints:
@@ -79,7 +79,7 @@ def select_endpoints(
     return tuple(sorted(targets.values(), key=lambda t: (ip_sort_key(t.ip), t.port)))
 
 
-def _backend_port(s: EndpointSlice, port: ServicePort) -> int | None:
+def endpoint_port(s: EndpointSlice, port: ServicePort) -> int | None:
     """The number of the slice port matching the Service port; None when there is none."""
     for p in s.ports:
         if p.name == port.name and p.protocol is port.protocol:

@@ -123,6 +123,7 @@ class Service:
     affinity_timeout: int | None = None
     external_traffic_policy: str = "Cluster"
     internal_traffic_policy: str = "Cluster"
+    health_check_node_port: int | None = None
     labels: tuple[tuple[str, str], ...] = field(default=(), converter=_sorted_pairs)
     annotations: tuple[tuple[str, str], ...] = field(default=(), converter=_sorted_pairs)
     creation_timestamp: str = ""
@@ -204,6 +205,10 @@ class Node:
     name: str
     resource_version: str = ""
     addresses: tuple[NodeAddress, ...] = ()
+    #: metadata.deletionTimestamp is set: the node is going away (proxy /healthz fails).
+    deleting: bool = False
+    #: The keys of spec.taints, sorted (only their presence matters to a proxy).
+    taints: tuple[str, ...] = ()
 
     def ips(self, family: Family) -> tuple[str, ...]:
         """InternalIP and ExternalIP addresses of that family: canonical, unique, sorted."""
@@ -565,11 +570,28 @@ def parse_service(obj: Mapping[str, Any]) -> tuple[Service | None, list[Problem]
         internal_traffic_policy=r.choice(
             spec, "internalTrafficPolicy", "spec.internalTrafficPolicy", TRAFFIC_POLICIES, "Cluster"
         ),
+        health_check_node_port=_health_check_node_port(r, spec),
         labels=r.string_pairs(meta, "labels", "metadata.labels"),
         annotations=r.string_pairs(meta, "annotations", "metadata.annotations"),
         creation_timestamp=r.string(meta, "creationTimestamp", "metadata.creationTimestamp"),
     )
     return service, r.problems
+
+
+def _health_check_node_port(r: _Reader, spec: Mapping[str, Any]) -> int | None:
+    value = spec.get("healthCheckNodePort")
+    if value is None or value == 0:
+        return None
+    if not _is_port(value):
+        r.problem(
+            "InvalidField",
+            f"spec.healthCheckNodePort {_quote(value)} is not an integer in 1-65535; ignored",
+            key="spec.healthCheckNodePort",
+            value=value,
+            allowed=("1-65535",),
+        )
+        return None
+    return value
 
 
 def _cluster_ips(r: _Reader, spec: Mapping[str, Any]) -> tuple[str, ...]:
@@ -826,10 +848,20 @@ def parse_node(obj: Mapping[str, Any]) -> tuple[Node | None, list[Problem]]:
             addresses.append(NodeAddress(kind, value))
         else:
             r.wrong_type(f"{path}.address", value, "a string")
+    taints: set[str] = set()
+    spec = r.mapping(obj, "spec", "spec")
+    for i, raw in enumerate(r.items(spec, "taints", "spec.taints")):
+        key = raw.get("key") if isinstance(raw, Mapping) else None
+        if isinstance(key, str) and key:
+            taints.add(key)
+        else:
+            r.wrong_type(f"spec.taints[{i}].key", key, "a taint key")
     node = Node(
         name=r.ref.name,
         resource_version=r.string(meta, "resourceVersion", "metadata.resourceVersion"),
         addresses=tuple(addresses),
+        deleting=bool(r.string(meta, "deletionTimestamp", "metadata.deletionTimestamp")),
+        taints=tuple(sorted(taints)),
     )
     return node, r.problems
 
