@@ -58,7 +58,7 @@ class Agent:
         command = [sys.executable, "-m", "reconciler", "run", "--kubeconfig", str(self.kubeconfig)]
         command += ["--nftlb-url", self.daemon.url, "--nftlb-key-file", str(self.daemon.key_file)]
         command += ["--node-name", "node-1", "--resync-period", self.resync_period]
-        command += ["--min-sync-interval", self.min_sync_interval]
+        command += ["--min-sync-interval", self.min_sync_interval, "--cluster-cidr", "10.244.0.0/16"]
         command += ["--log-format", "json", "--log-level", "info", "--metrics-address", ""]
         self.log_path.write_bytes(b"")
         self._offset, self._partial, self.lines = 0, b"", []

@@ -228,10 +228,13 @@ def nftlb_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NftlbDaem
 
 @pytest.fixture
 def clean_daemon(nftlb_daemon: NftlbDaemon) -> Iterator[NftlbDaemon]:
-    """The session daemon with no farms and no nftlb tables, before and after the test."""
+    """The session daemon with no farms and no nftlb tables, before and after the test; nor
+    kube-nftlb's own table (``kube-nftlb run`` writes it)."""
     nftlb_daemon.reset()
+    nft("delete", "table", "inet", "kube-nftlb", check=False)
     yield nftlb_daemon
     nftlb_daemon.reset()
+    nft("delete", "table", "inet", "kube-nftlb", check=False)
 
 
 @pytest.fixture

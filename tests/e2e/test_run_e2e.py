@@ -43,9 +43,16 @@ class Agent:
     """One `kube-nftlb run` process, its log file and its health port."""
 
     def __init__(
-        self, workdir: Path, fake: FakeApiServer, daemon: NftlbDaemon, key_file: Path | None = None
+        self,
+        workdir: Path,
+        fake: FakeApiServer,
+        daemon: NftlbDaemon,
+        key_file: Path | None = None,
+        extra_args: tuple[str, ...] = ("--cluster-cidr", "10.244.0.0/16"),
+        resync_period: str = "2s",
     ) -> None:
         self.workdir, self.fake, self.daemon = workdir, fake, daemon
+        self.extra_args, self.resync_period = extra_args, resync_period
         self.kubeconfig = fake.write_kubeconfig(workdir / "kubeconfig")
         self.key_file = key_file or daemon.key_file
         self.port = free_port()
@@ -57,7 +64,8 @@ class Agent:
         self.logs.append(log)
         command = [sys.executable, "-m", "reconciler", "run", "--kubeconfig", self.kubeconfig]
         command += ["--nftlb-url", self.daemon.url, "--nftlb-key-file", str(self.key_file)]
-        command += ["--node-name", "node-1", "--resync-period", "2s", "--min-sync-interval", "20ms"]
+        command += ["--node-name", "node-1", "--resync-period", self.resync_period]
+        command += ["--min-sync-interval", "20ms", *self.extra_args]
         command += ["--watch-timeout", "5s", "--watch-stall-timeout", "3s"]
         command += ["--metrics-address", f"127.0.0.1:{self.port}", "--log-level", "debug"]
         with log.open("wb") as out:
@@ -270,7 +278,7 @@ def test_once_does_one_full_sync_and_exits(
     kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
     command = [sys.executable, "-m", "reconciler", "run", "--once", "--kubeconfig", kubeconfig]
     command += ["--nftlb-url", clean_daemon.url, "--nftlb-key-file", str(clean_daemon.key_file)]
-    command += ["--node-name", "node-1", "--metrics-address", ""]
+    command += ["--node-name", "node-1", "--metrics-address", "", "--cluster-cidr", "10.244.0.0/16"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     with clean_daemon.client() as c:

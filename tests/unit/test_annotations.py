@@ -55,7 +55,7 @@ def one_problem(annotations: dict[str, str]) -> tuple[FarmOptions, Problem]:
 
 def test_defaults_without_annotations() -> None:
     assert options() == FarmOptions(
-        mode=Mode.SNAT,
+        mode=Mode.DNAT,
         mode_set=False,
         scheduler=Scheduler.RR,
         sched_param=(),
@@ -108,7 +108,7 @@ def test_the_forward_log_hook_is_refused_with_the_reason() -> None:
 
 
 def test_only_prefixed_keys_count() -> None:
-    assert options({"mode": "dnat", "scheduler": "hash", "log": "input"}) == FarmOptions()
+    assert options({"mode": "snat", "scheduler": "hash", "log": "input"}) == FarmOptions()
 
 
 def test_an_unknown_prefixed_key_names_the_known_keys() -> None:
@@ -124,7 +124,7 @@ def test_an_unknown_prefixed_key_names_the_known_keys() -> None:
 @pytest.mark.parametrize("mode", ["dsr", "stlsdnat", "local", "DSR"])
 def test_modes_a_service_cannot_use_are_refused_with_the_reason(mode: str) -> None:
     opts, problem = one_problem({P + "mode": mode})
-    assert (opts.mode, opts.mode_set) == (Mode.SNAT, False)
+    assert (opts.mode, opts.mode_set) == (Mode.DNAT, False)
     assert problem.reason == "InvalidAnnotation"
     assert problem.ref == ObjectRef("Service", "shop", "web")
     assert problem.allowed == ("snat", "dnat")
@@ -135,7 +135,7 @@ def test_modes_a_service_cannot_use_are_refused_with_the_reason(mode: str) -> No
 @pytest.mark.parametrize(
     ("suffix", "value", "field", "default", "allowed"),
     [
-        ("mode", "fast", "mode", Mode.SNAT, ("snat", "dnat")),
+        ("mode", "fast", "mode", Mode.DNAT, ("snat", "dnat")),
         ("scheduler", "random", "scheduler", Scheduler.RR, ("rr", "weight", "hash", "symhash")),
         ("helper", "amanda", "helper", Helper.NONE, tuple(h.value for h in Helper)),
         ("persistence", "srcip bogus", "persistence", (), ("none", *PACKET_FIELDS)),

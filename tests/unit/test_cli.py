@@ -112,9 +112,60 @@ def test_run_without_node_name_says_what_to_do(
         "run",
         "--node-name",
         "n",
+        "--cluster-cidr",
+        "10.244.0.0/16",
         "--nftlb-key-file",
         str(tmp_path / "nope"),
         "--nftlb-key-wait",
         "0",
     )
     assert code == 2 and "key file" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        ((), "--cluster-cidr"),
+        (("--cluster-cidr", "10.244.0.0/33"), "--cluster-cidr"),
+        (("--cluster-cidr", "10.244.0.1/16"), "--cluster-cidr"),
+        (("--cluster-cidr", "10.244.0.0/16,10.245.0.0/16"), "--cluster-cidr"),
+        (("--cluster-cidr", "10.244.0.0/16", "--service-cidr", "bogus"), "--service-cidr"),
+        (("--detect-local-mode", "Pods"), "--detect-local-mode"),
+        (("--detect-local-mode", "BridgeInterface"), "--pod-bridge-interface"),
+        (("--detect-local-mode", "InterfaceNamePrefix"), "--pod-interface-name-prefix"),
+        (("--cluster-cidr", "10.244.0.0/16", "--masquerade-all", "maybe"), "--masquerade-all"),
+    ],
+)
+def test_a_missing_or_wrong_local_traffic_setting_is_a_start_up_error_naming_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], named: str
+) -> None:
+    key = tmp_path / "key"
+    key.write_text("k\n")
+    code, _, err = run(capsys, "run", "--node-name", "n", "--nftlb-key-file", str(key), *args)
+    assert code == 2
+    assert named in err, err
+
+
+def test_the_local_traffic_settings_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from reconciler.cli.main import build_parser
+
+    for name, value in (
+        ("KUBE_NFTLB_DETECT_LOCAL_MODE", "NodeCIDR"),
+        ("KUBE_NFTLB_CLUSTER_CIDR", "10.1.0.0/16"),
+        ("KUBE_NFTLB_POD_BRIDGE_INTERFACE", "cni0"),
+        ("KUBE_NFTLB_POD_INTERFACE_NAME_PREFIX", "cali"),
+        ("KUBE_NFTLB_SERVICE_CIDR", "10.96.0.0/12"),
+        ("KUBE_NFTLB_MASQUERADE_ALL", "true"),
+    ):
+        monkeypatch.setenv(name, value)
+    args = build_parser().parse_args(["run"])
+    assert (
+        args.detect_local_mode,
+        args.cluster_cidr,
+        args.pod_bridge_interface,
+        args.pod_interface_name_prefix,
+        args.service_cidr,
+        args.masquerade_all,
+    ) == ("NodeCIDR", "10.1.0.0/16", "cni0", "cali", "10.96.0.0/12", "true")

@@ -76,7 +76,7 @@ def test_cluster_ip_service_gets_one_farm_with_its_endpoints() -> None:
     farm = out["k8s.default.web.http.tcp.v4"]
     assert [(a.ip, a.port) for a in farm.addresses] == [("10.96.0.1", 80)]
     assert [(b.ip, b.port) for b in farm.backends] == [("10.1.0.1", 8080), ("10.1.0.2", 8080)]
-    assert farm.intra_connect and farm.mode is Mode.SNAT
+    assert farm.intra_connect and farm.mode is Mode.DNAT
 
 
 def test_service_without_endpoints_keeps_its_farm_with_no_backends() -> None:
@@ -128,7 +128,7 @@ def test_external_traffic_policy_local_splits_external_frontends_onto_local_endp
     for ext in (node_port, lb):
         assert [b.ip for b in ext.backends] == ["10.1.0.1"]
         assert ext.mode is Mode.DNAT
-    assert main.mode is Mode.SNAT
+    assert main.mode is Mode.DNAT
     assert lb.addresses[0].ip == "203.0.113.1" and node_port.addresses[0].port == 30080
 
 

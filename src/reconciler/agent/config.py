@@ -12,6 +12,14 @@ from typing import Any
 
 import kubernetes
 
+from reconciler.core.node_rules import (
+    ConfigProblem,
+    DetectLocalMode,
+    NodeRulesConfig,
+    check_config,
+    parse_cidrs,
+)
+
 
 class ConfigError(Exception):
     """A setting is missing or wrong; the message says which and what to do."""
@@ -65,3 +73,45 @@ def kube_api_client(kubeconfig: str | None) -> Any:
     # The Watch helper builds its own ApiClient from the default configuration.
     kubernetes.client.Configuration.set_default(cfg)
     return kubernetes.client.ApiClient(cfg)
+
+
+def flag_bool(text: str, flag: str) -> bool:
+    """true/false, 1/0, yes/no, on/off (as env variables carry them)."""
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{flag}: {text!r} is not true or false")
+
+
+def node_rules_config(
+    *,
+    detect_local_mode: str,
+    cluster_cidr: str,
+    pod_bridge_interface: str,
+    pod_interface_name_prefix: str,
+    service_cidr: str,
+    masquerade_all: bool,
+) -> NodeRulesConfig:
+    """kube-proxy's local-traffic settings, checked: a missing or wrong value names its flag."""
+    modes = {m.value.lower(): m for m in DetectLocalMode}
+    mode = modes.get(detect_local_mode.strip().lower())
+    if mode is None:
+        raise ConfigError(
+            f"--detect-local-mode: {detect_local_mode!r} is not one of "
+            f"{', '.join(m.value for m in DetectLocalMode)}"
+        )
+    try:
+        config = NodeRulesConfig(
+            detect_local_mode=mode,
+            cluster_cidrs=parse_cidrs(cluster_cidr, "--cluster-cidr"),
+            pod_bridge_interface=pod_bridge_interface.strip(),
+            pod_interface_name_prefix=pod_interface_name_prefix.strip(),
+            service_cidrs=parse_cidrs(service_cidr, "--service-cidr"),
+            masquerade_all=masquerade_all,
+        )
+        check_config(config)
+    except ConfigProblem as e:
+        raise ConfigError(str(e)) from e
+    return config

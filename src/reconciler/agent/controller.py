@@ -27,13 +27,33 @@ from reconciler.core.conntrack_plan import (
     conntrack_plan,
     udp_frontends,
 )
-from reconciler.core.desired import Desired, ServiceFarms, resolve, service_farms
+from reconciler.core.desired import (
+    Desired,
+    ServiceFarms,
+    frontend_farms,
+    is_proxied,
+    resolve,
+    service_farms,
+)
 from reconciler.core.diff import diff_marked, marked_farms
 from reconciler.core.farms import Farm, Helper
 from reconciler.core.health import ServiceHealth, health_check_ports, service_health
 from reconciler.core.kube import ClusterState, EndpointSlice, Node, Service
+from reconciler.core.node_diff import RuleIndex, delta_commands, diff_tables
+from reconciler.core.node_rules import (
+    Chain,
+    Element,
+    FrontendFarm,
+    NodeRulesConfig,
+    NodeTable,
+    ServiceRules,
+    service_rules,
+    skeleton,
+    table_of,
+)
 from reconciler.core.plan import Plan
 from reconciler.core.problems import Problem
+from reconciler.kernel.nftables import NftablesError
 from reconciler.kubeapi.events import EventRecorder
 from reconciler.nftlb.client import NftlbClient, NftlbError, NftlbUnauthorized
 
@@ -44,6 +64,14 @@ class ConntrackCleaner(Protocol):
     """What the controller needs of the kernel's conntrack (kernel/conntrack.py)."""
 
     def cleanup(self, plan: ConntrackFilter) -> Sequence[Any]: ...
+
+
+class NodeTableIO(Protocol):
+    """What the controller needs of our nftables table (kernel/nftables.py)."""
+
+    def read(self) -> NodeTable | None: ...
+
+    def apply(self, commands: list[Any]) -> int: ...
 
 
 class Cache(Protocol):
@@ -64,6 +92,8 @@ class Settings:
     sync_burst: int = 5
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    #: The node rules' settings; None: the table is not managed (tests of the farms alone).
+    node_rules: NodeRulesConfig | None = None
 
 
 @define
@@ -76,6 +106,7 @@ class SyncResult:
     desired: int = 0
     problems: int = 0
     error: str = ""
+    table_commands: int = 0
 
 
 @define
@@ -150,6 +181,7 @@ class Controller:
         conntrack: ConntrackCleaner | None = None,
         proxy_health: ProxyHealthTracker | None = None,
         health_checks: ServiceHealthServers | None = None,
+        node_table: NodeTableIO | None = None,
     ) -> None:
         self.conntrack, self.proxy_health, self.health_checks = (
             conntrack,
@@ -201,6 +233,15 @@ class Controller:
         self.last_result: SyncResult | None = None
         self.heartbeat = clock()
         self.ready = False
+        # The node rules: each Service's share merged with reference counts, what each share
+        # was computed from, the skeleton last written, and whether the kernel's table is known
+        # to equal the index (false at start and after a failure: the next write is a full one).
+        self._table = node_table if settings.node_rules is not None else None
+        self._rules = RuleIndex()
+        self._share_inputs: dict[ServiceKey, tuple[Any, ...]] = {}
+        self._skeleton: NodeTable | None = None
+        self._table_in_sync = False
+        self._affected: set[ServiceKey] = set()
 
     # -- change tracking (called from informer threads) -------------------------------------
 
@@ -411,6 +452,7 @@ class Controller:
     def _resolve(self, affected: set[ServiceKey], *, everything: bool) -> Desired:
         if everything:
             affected = set(self._requests) | set(self._farms_of)
+        self._affected = affected
         sub = resolve(
             (self._requests[k] for k in affected if k in self._requests), self._desired_map
         )
@@ -458,6 +500,7 @@ class Controller:
             self._actual = marked
         except NftlbError as e:
             return self._failed("full", e, started)
+        result = self._sync_table(result, None)
         self._desired_map = wanted
         self._next_full = self._clock() + self.settings.resync_period
         if result.ok:
@@ -500,6 +543,7 @@ class Controller:
                 self._actual[n] = marked[n]
             else:
                 self._actual.pop(n, None)
+        result = self._sync_table(result, None if keys is None else self._affected)
         self._desired_map = wanted
         if result.ok:
             self._after_sync(keys, wall)
@@ -557,6 +601,81 @@ class Controller:
                     duration_ms=round(r.duration * 1000, 2),
                 )
         self._cleaned = after_cleanup(self._cleaned, desired, None if keys is None else keys)
+
+    # -- the node rules (our nftables table) ------------------------------------------------
+
+    def _share(self, key: ServiceKey) -> ServiceRules | None:
+        """What one Service adds to the table, from the farms it won; reused while nothing it
+        is made from changed."""
+        s = self.settings
+        assert s.node_rules is not None
+        with self._cond:
+            service = self._services.get(key)
+            slices = tuple(sorted(self._slices.get(key, {}).values(), key=lambda x: x.name))
+            node = self._node
+        if service is None or not is_proxied(service, s.proxy_name):
+            self._share_inputs.pop(key, None)
+            return None
+        farms = tuple(self._wanted[n] for n in self._farms_of.get(key, ()) if n in self._wanted)
+        inputs = (service, slices, node, farms)
+        cached = self._share_inputs.get(key)
+        if cached is not None and cached[0] == inputs:
+            share: ServiceRules = cached[1]
+            return share
+        names = frontend_farms(service, node)
+        fronts = [FrontendFarm(f, *names[f.name]) for f in farms if f.name in names]
+        share = service_rules(service, fronts, slices, node, s.node_name, s.node_rules)
+        self._share_inputs[key] = (inputs, share)
+        return share
+
+    def _sync_table(self, result: SyncResult, keys: set[ServiceKey] | None) -> SyncResult:
+        """Bring the table in line after the farms: the Services in `keys` only (a partial
+        sync, one small transaction), or everything read back and diffed (`keys` None)."""
+        if self._table is None:
+            return result
+        config = self.settings.node_rules
+        assert config is not None
+        with self._cond:
+            node = self._node
+        base = skeleton(config, node)
+        try:
+            if keys is None or not self._table_in_sync or base != self._skeleton:
+                with self._cond:
+                    everyone = set(self._services)
+                for k in everyone | self._rules.owners():
+                    self._rules.replace(k, self._share(k) if k in everyone else None)
+                desired = table_of(base, self._rules.shares())
+                self._table_in_sync = False
+                commands = diff_tables(desired, self._table.read())
+            else:
+                added: set[Element] = set()
+                removed: set[Element] = set()
+                chains: dict[str, Chain | None] = {}
+                for k in sorted(keys):
+                    plus, minus, changed = self._rules.replace(k, self._share(k))
+                    for e in minus:
+                        if e in added:
+                            added.discard(e)
+                        else:
+                            removed.add(e)
+                    for e in plus:
+                        if e in removed:
+                            removed.discard(e)
+                        else:
+                            added.add(e)
+                    chains.update(changed)
+                commands = delta_commands(base.sets, added, removed, chains)
+            self._table.apply(commands)
+        except NftablesError as e:
+            self._table_in_sync = False
+            self.request_full_sync()
+            self.metrics.node_table_failures.inc()
+            self.log.error("nodetable.failed", error=str(e), hint="retried by a full sync")
+            return evolve(result, ok=False, error="; ".join(x for x in (result.error, str(e)) if x))
+        self._skeleton = base
+        self._table_in_sync = True
+        self.metrics.node_table_commands.inc(len(commands))
+        return evolve(result, table_commands=len(commands))
 
     def _apply(self, kind: str, plan: Plan, desired: Desired) -> SyncResult:
         for op in plan:
@@ -641,6 +760,7 @@ class Controller:
             requests=result.requests,
             bytes_sent=result.bytes_sent,
             problems=result.problems,
+            table_commands=result.table_commands,
         )
         self.last_result = result
         return result

@@ -13,6 +13,7 @@ from typing import Any
 import kubernetes
 from attrs import define
 
+from reconciler.agent.config import ConfigError
 from reconciler.agent.controller import Controller, Settings
 from reconciler.agent.health import ProxyHealthServer, ProxyHealthTracker, ServiceHealthServers
 from reconciler.agent.http import HttpServers, parse_address
@@ -28,6 +29,7 @@ from reconciler.core.kube import (
     parse_service,
 )
 from reconciler.core.problems import Problem
+from reconciler.kernel.nftables import NftablesError, NodeTableWriter
 from reconciler.kubeapi.events import EventRecorder
 from reconciler.kubeapi.informer import Informer, InformerEvent
 from reconciler.nftlb.client import NftlbClient
@@ -148,6 +150,12 @@ class Daemon:
             from reconciler.kernel.conntrack import Conntrack
 
             conntrack = Conntrack()
+        table = None
+        if options.settings.node_rules is not None:
+            try:
+                table = NodeTableWriter()
+            except NftablesError as e:
+                raise ConfigError(str(e)) from e
         self.controller = Controller(
             options.settings,
             self.nftlb,
@@ -160,6 +168,7 @@ class Daemon:
             conntrack=conntrack,
             proxy_health=self.proxy_health,
             health_checks=self.health_checks,
+            node_table=table,
         )
         self.health: HealthServer | None = None
         self._stopped = threading.Event()

@@ -68,6 +68,16 @@ class Metrics:
         self.problems = Gauge(
             f"{p}problems", "Problems found in the cluster state at the last sync.", registry=r
         )
+        self.node_table_commands = Counter(
+            f"{p}node_table_commands_total",
+            "nftables commands sent to the table inet kube-nftlb (elements, chains, rules).",
+            registry=r,
+        )
+        self.node_table_failures = Counter(
+            f"{p}node_table_failures_total",
+            "Transactions nft refused or could not run for the table inet kube-nftlb.",
+            registry=r,
+        )
         self.last_success = Gauge(
             f"{p}last_successful_sync_timestamp_seconds",
             "Unix time of the last sync that succeeded.",

@@ -194,6 +194,8 @@ def run_demo() -> int:
                 str(key_file),
                 "--node-name",
                 "node-1",
+                "--cluster-cidr",
+                "10.244.0.0/16",
             ]
             command += ["--resync-period", "10s", "--metrics-address", ""]
             agent = subprocess.Popen(

@@ -16,7 +16,15 @@ from typing import Any, TextIO
 import yaml
 
 from reconciler import __version__
-from reconciler.agent.config import ConfigError, duration, env, kube_api_client, read_key
+from reconciler.agent.config import (
+    ConfigError,
+    duration,
+    env,
+    flag_bool,
+    kube_api_client,
+    node_rules_config,
+    read_key,
+)
 from reconciler.agent.http import AddressError, parse_address
 from reconciler.cli.manifests import ManifestError, load_paths
 from reconciler.core.desired import Desired, desired_farms
@@ -199,6 +207,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         if not args.node_name:
             raise ConfigError("the node name is not set: pass --node-name or set NODE_NAME")
+        rules = node_rules_config(
+            detect_local_mode=args.detect_local_mode,
+            cluster_cidr=args.cluster_cidr,
+            pod_bridge_interface=args.pod_bridge_interface,
+            pod_interface_name_prefix=args.pod_interface_name_prefix,
+            service_cidr=args.service_cidr,
+            masquerade_all=flag_bool(args.masquerade_all, "--masquerade-all"),
+        )
         key = _wait_for_key(args.nftlb_key_file, duration(args.nftlb_key_wait))
         redact(key)
         settings = Settings(
@@ -206,6 +222,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             proxy_name=args.proxy_name,
             resync_period=duration(args.resync_period),
             min_sync_interval=duration(args.min_sync_interval),
+            node_rules=rules,
         )
         api_client = kube_api_client(args.kubeconfig)
         watch_timeout = duration(args.watch_timeout)
@@ -228,7 +245,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         health_check_host=health_check_host,
         conntrack_cleanup=args.conntrack_cleanup == "true",
     )
-    daemon = Daemon(options, api_client)
+    try:
+        daemon = Daemon(options, api_client)
+    except ConfigError as e:
+        raise UsageError(str(e)) from e
     if args.once:
         daemon.start(loop=False)
         try:
@@ -341,6 +361,45 @@ def _add_run(sub: Any) -> None:
         default=env("KUBE_NFTLB_WATCH_STALL_TIMEOUT", ""),
         help="restart a watch that sends nothing for this long (default: watch timeout + 30s; "
         "env KUBE_NFTLB_WATCH_STALL_TIMEOUT)",
+    )
+    a(
+        "--detect-local-mode",
+        default=env("KUBE_NFTLB_DETECT_LOCAL_MODE", "ClusterCIDR"),
+        help="how traffic from pods is recognised, as kube-proxy's flag: ClusterCIDR "
+        "(--cluster-cidr), NodeCIDR (the Node's spec.podCIDRs), BridgeInterface "
+        "(--pod-bridge-interface), InterfaceNamePrefix (--pod-interface-name-prefix) "
+        "(env KUBE_NFTLB_DETECT_LOCAL_MODE; default ClusterCIDR)",
+    )
+    a(
+        "--cluster-cidr",
+        default=env("KUBE_NFTLB_CLUSTER_CIDR", ""),
+        help="the cluster's pod CIDR, one per family, comma-separated (e.g. "
+        "10.244.0.0/16,fd00:244::/48); needed by ClusterCIDR mode (env KUBE_NFTLB_CLUSTER_CIDR)",
+    )
+    a(
+        "--pod-bridge-interface",
+        default=env("KUBE_NFTLB_POD_BRIDGE_INTERFACE", ""),
+        help="the pods' bridge for BridgeInterface mode (env KUBE_NFTLB_POD_BRIDGE_INTERFACE)",
+    )
+    a(
+        "--pod-interface-name-prefix",
+        default=env("KUBE_NFTLB_POD_INTERFACE_NAME_PREFIX", ""),
+        help="the pods' interface name prefix for InterfaceNamePrefix mode "
+        "(env KUBE_NFTLB_POD_INTERFACE_NAME_PREFIX)",
+    )
+    a(
+        "--service-cidr",
+        default=env("KUBE_NFTLB_SERVICE_CIDR", ""),
+        help="the service CIDR(s), comma-separated: new connections to an address in it that no "
+        "Service holds are dropped, as kube-proxy does (env KUBE_NFTLB_SERVICE_CIDR; "
+        "default: none, no such drop)",
+    )
+    a(
+        "--masquerade-all",
+        nargs="?",
+        const="true",
+        default=env("KUBE_NFTLB_MASQUERADE_ALL", "false"),
+        help="masquerade all traffic to cluster IPs, pods' too (env KUBE_NFTLB_MASQUERADE_ALL)",
     )
     a("--once", action="store_true", help="one full sync, then exit (0 ok, 1 failed)")
     r.set_defaults(func=cmd_run)

@@ -84,11 +84,12 @@ _SPECS = (
     AnnotationSpec(
         MODE,
         _MODES,
-        Mode.SNAT.value,
-        "How traffic reaches the backends: snat (source NAT to the node, replies return "
-        "through it) or dnat (destination NAT only; the backends must route replies back "
-        "through this node). dsr, stlsdnat and local are refused: they need interfaces and MAC "
-        "addresses a Service does not carry.",
+        Mode.DNAT.value,
+        "How traffic reaches the backends: dnat (destination NAT; kube-nftlb's node rules "
+        "masquerade exactly where kube-proxy does, so pods keep their source address) or snat "
+        "(nftlb masquerades every connection to the node's address, as before). dsr, stlsdnat "
+        "and local are refused: they need interfaces and MAC addresses a Service does not "
+        "carry.",
     ),
     AnnotationSpec(
         SCHEDULER,
@@ -150,7 +151,7 @@ class FarmOptions:
     default (e.g. for traffic that must keep its source address) only when nobody asked.
     """
 
-    mode: Mode = Mode.SNAT
+    mode: Mode = Mode.DNAT
     mode_set: bool = False
     scheduler: Scheduler = Scheduler.RR
     sched_param: tuple[str, ...] = ()
@@ -235,7 +236,7 @@ def farm_options(service: Service) -> tuple[FarmOptions, list[Problem]]:
             )
         )
 
-    mode, mode_set = Mode.SNAT, False
+    mode, mode_set = Mode.DNAT, False
     if (raw := given.get(MODE)) is not None:
         value = raw.strip().lower()
         if value in REFUSED_MODES:

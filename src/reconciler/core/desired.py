@@ -3,9 +3,8 @@
 One farm per Service port, IP family and frontend (see `names.py`): the cluster IP, each node
 port on this node's addresses, each external IP and each load-balancer IP. nftlb 1.0.7 breaks
 farms that carry several address objects, so frontends never share a farm. A Service with no
-usable endpoints still gets its farm, with no backends: its addresses stay
-claimed, traffic to them is dropped instead of leaking elsewhere, and the first endpoint to appear
-is one backend upsert.
+usable endpoints still gets its farm, with no backends: its addresses stay claimed and the first
+endpoint to appear is one backend upsert; the node rules reject (or drop) traffic to it.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from reconciler.core.farms import (
     Family,
     Farm,
     Helper,
-    Mode,
     Protocol,
     helper_fits,
     persistence_fits,
@@ -285,8 +283,9 @@ def _port_farms(
         local = (
             service.external_traffic_policy if front.external else service.internal_traffic_policy
         ) == "Local"
-        # externalTrafficPolicy Local exists to keep the client's address: no source NAT there.
-        mode = Mode.DNAT if front.external and local and not options.mode_set else options.mode
+        # dnat unless an annotation asks for snat: the node rules (node_rules.py) decide who is
+        # masqueraded, as kube-proxy does, so a pod's source address reaches the backend.
+        mode = options.mode
         key = FarmKey(
             service.namespace, service.name, segment, port.protocol, family, front.segment
         )
@@ -384,11 +383,40 @@ class ServiceFarms:
     problems: tuple[Problem, ...]
 
 
+def is_proxied(service: Service, proxy_name: str = "") -> bool:
+    """Whether this proxy programs the Service at all (not ExternalName, headless, or labelled
+    for another proxy)."""
+    return not (
+        service.type == "ExternalName" or service.is_headless or not is_served(service, proxy_name)
+    )
+
+
+def frontend_farms(service: Service, node: Node | None) -> dict[str, tuple[int, bool]]:
+    """The name of every farm the Service's ports and frontends can make, with the index of
+    its port in ``spec.ports`` and whether the frontend is external (node port, external or LB
+    IP): how the node rules (`node_rules.py`) read the farms a Service won."""
+    families = service.ip_families or tuple(
+        f
+        for f in (Family.IPV4, Family.IPV6)
+        if any(_family_of(ip) is f for ip in service.cluster_ips)
+    )
+    out: dict[str, tuple[int, bool]] = {}
+    for index, port in enumerate(service.ports):
+        segment = port_segment(port.name, port.port)
+        for family in families:
+            for front in _frontends(service, port, family, node):
+                key = FarmKey(
+                    service.namespace, service.name, segment, port.protocol, family, front.segment
+                )
+                out.setdefault(farm_name(key), (index, front.external))
+    return out
+
+
 def service_farms(
     service: Service, state: ClusterState, node_name: str, proxy_name: str = ""
 ) -> ServiceFarms:
     """What one Service asks for; empty for Services that are not proxied."""
-    if service.type == "ExternalName" or service.is_headless or not is_served(service, proxy_name):
+    if not is_proxied(service, proxy_name):
         return ServiceFarms(service, (), ())
     problems: list[Problem] = []
     farms = _service_farms(service, state, node_name, problems)

@@ -9,6 +9,7 @@ hides the others. IP strings are kept in canonical text (`ipaddress`), so that "
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeGuard, TypeVar
@@ -127,6 +128,8 @@ class Service:
     labels: tuple[tuple[str, str], ...] = field(default=(), converter=_sorted_pairs)
     annotations: tuple[tuple[str, str], ...] = field(default=(), converter=_sorted_pairs)
     creation_timestamp: str = ""
+    #: spec.loadBalancerSourceRanges as canonical networks ("203.0.113.0/24"), host bits cleared.
+    load_balancer_source_ranges: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -209,6 +212,8 @@ class Node:
     deleting: bool = False
     #: The keys of spec.taints, sorted (only their presence matters to a proxy).
     taints: tuple[str, ...] = ()
+    #: spec.podCIDRs (else spec.podCIDR) as canonical networks: kube-proxy's NodeCIDR detector.
+    pod_cidrs: tuple[str, ...] = ()
 
     def ips(self, family: Family) -> tuple[str, ...]:
         """InternalIP and ExternalIP addresses of that family: canonical, unique, sorted."""
@@ -574,6 +579,11 @@ def parse_service(obj: Mapping[str, Any]) -> tuple[Service | None, list[Problem]
         labels=r.string_pairs(meta, "labels", "metadata.labels"),
         annotations=r.string_pairs(meta, "annotations", "metadata.annotations"),
         creation_timestamp=r.string(meta, "creationTimestamp", "metadata.creationTimestamp"),
+        load_balancer_source_ranges=_networks(
+            r,
+            r.items(spec, "loadBalancerSourceRanges", "spec.loadBalancerSourceRanges"),
+            "spec.loadBalancerSourceRanges",
+        ),
     )
     return service, r.problems
 
@@ -592,6 +602,34 @@ def _health_check_node_port(r: _Reader, spec: Mapping[str, Any]) -> int | None:
         )
         return None
     return value
+
+
+def _networks(r: _Reader, values: Iterable[object], path: str) -> tuple[str, ...]:
+    """CIDRs as canonical networks, in order, without duplicates; whitespace trimmed and host
+    bits cleared as kube-proxy does; junk dropped with a problem."""
+    out: dict[str, None] = {}
+    for i, value in enumerate(values):
+        network = parse_network(value.strip()) if isinstance(value, str) else None
+        if network is None:
+            r.problem(
+                "InvalidCIDR",
+                f"{path}[{i}] {_quote(value)} is not a CIDR (e.g. 203.0.113.0/24); ignored",
+                key=f"{path}[{i}]",
+                value=value,
+            )
+        else:
+            out[network] = None
+    return tuple(out)
+
+
+def parse_network(text: str) -> str | None:
+    """Canonical text of a CIDR ("10.0.0.7/8" -> "10.0.0.0/8"), or None when it is not one."""
+    if "/" not in text:
+        return None
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        return None
 
 
 def _cluster_ips(r: _Reader, spec: Mapping[str, Any]) -> tuple[str, ...]:
@@ -856,12 +894,16 @@ def parse_node(obj: Mapping[str, Any]) -> tuple[Node | None, list[Problem]]:
             taints.add(key)
         else:
             r.wrong_type(f"spec.taints[{i}].key", key, "a taint key")
+    pod_cidrs = r.items(spec, "podCIDRs", "spec.podCIDRs")
+    if not pod_cidrs and spec.get("podCIDR") is not None:
+        pod_cidrs = [spec.get("podCIDR")]
     node = Node(
         name=r.ref.name,
         resource_version=r.string(meta, "resourceVersion", "metadata.resourceVersion"),
         addresses=tuple(addresses),
         deleting=bool(r.string(meta, "deletionTimestamp", "metadata.deletionTimestamp")),
         taints=tuple(sorted(taints)),
+        pod_cidrs=_networks(r, pod_cidrs, "spec.podCIDRs"),
     )
     return node, r.problems
 

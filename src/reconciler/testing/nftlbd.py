@@ -17,6 +17,8 @@ from pathlib import Path
 
 NFTLB = Path("/usr/sbin/nftlb")
 NFTLB_TABLES = (("ip", "nftlb"), ("ip6", "nftlb"), ("netdev", "nftlb"))
+#: The table `kube-nftlb run` writes next to nftlb's (its node rules).
+AGENT_TABLES = (("inet", "kube-nftlb"),)
 
 
 def free_port() -> int:
@@ -45,8 +47,8 @@ def listening(port: int) -> bool:
 
 
 def delete_tables() -> None:
-    """nftlb leaves its rules in the kernel when it exits; this removes them."""
-    for family, table in NFTLB_TABLES:
+    """nftlb (and the agent) leave their rules in the kernel when they exit; this removes them."""
+    for family, table in (*NFTLB_TABLES, *AGENT_TABLES):
         subprocess.run(["nft", "delete", "table", family, table], capture_output=True, check=False)
 
 
