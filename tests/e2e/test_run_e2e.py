@@ -58,6 +58,8 @@ class Agent:
         self.port = free_port()
         self.logs: list[Path] = []
         self.process: subprocess.Popen[bytes] | None = None
+        #: More `run` flags, for tests that need them (e.g. --healthz-bind-address).
+        self.extra: list[str] = []
 
     def start(self) -> None:
         log = self.workdir / f"run-{len(self.logs)}.log"
@@ -68,6 +70,7 @@ class Agent:
         command += ["--min-sync-interval", "20ms", *self.extra_args]
         command += ["--watch-timeout", "5s", "--watch-stall-timeout", "3s"]
         command += ["--metrics-address", f"127.0.0.1:{self.port}", "--log-level", "debug"]
+        command += self.extra
         with log.open("wb") as out:
             self.process = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ}

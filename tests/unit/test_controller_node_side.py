@@ -210,3 +210,28 @@ def test_changes_mark_the_proxy_pending_until_synced(side: NodeSide) -> None:
     side.world.controller.sync_partial()
     assert side.proxy_health.snapshot().pending_since is None
     assert side.proxy_health.healthy()
+
+
+def test_a_health_check_port_conflict_is_logged_once(side: NodeSide) -> None:
+    for name in ("a", "b"):
+        svc = parse_service(
+            {
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {
+                    "type": "LoadBalancer",
+                    "clusterIP": f"10.96.0.{ord(name)}",
+                    "externalTrafficPolicy": "Local",
+                    "healthCheckNodePort": 32000,
+                    "ports": [{"port": 80, "nodePort": 30000 + ord(name)}],
+                },
+            }
+        )[0]
+        side.world.put_service(svc)
+    side.world.controller.sync_full()
+    side.world.controller.sync_full()
+    assert list(side.health_checks.synced[-1]) == [32000]
+    assert side.health_checks.synced[-1][32000].name == "a"
+    problems = [
+        p for p in side.events("service.problem") if p["reason"] == "HealthCheckPortConflict"
+    ]
+    assert [p["service"] for p in problems] == ["default/b"]

@@ -228,6 +228,7 @@ class Controller:
         self._udp: dict[ServiceKey, tuple[UdpFrontend, ...]] = {}
         self._cleaned: dict[ServiceKey, tuple[UdpFrontend, ...]] = {}
         self._health_of: dict[ServiceKey, ServiceHealth] = {}
+        self._health_reported: set[Problem] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_result: SyncResult | None = None
@@ -556,7 +557,9 @@ class Controller:
         if self.health_checks is not None:
             ports, problems = health_check_ports(self._health_of.values())
             self.health_checks.sync(ports)
-            for p in problems:
+            fresh = sorted(set(problems) - self._health_reported)
+            self._health_reported = set(problems)
+            for p in fresh:
                 self.log.warning(
                     "service.problem",
                     service=f"{p.ref.namespace}/{p.ref.name}",
