@@ -114,27 +114,55 @@ class _Frontend:
         return self.segment != ""
 
 
+def _unsafe(ip: str) -> str:
+    info = ip_info(ip)
+    return "" if info is None else info.unsafe
+
+
 def _frontends(
-    service: Service, port: ServicePort, family: Family, node: Node | None
+    service: Service,
+    port: ServicePort,
+    family: Family,
+    node: Node | None,
+    problems: list[Problem],
 ) -> list[_Frontend]:
-    """The cluster IP, node ports, external IPs and load-balancer IPs of one port and family."""
-    out = [_Frontend(ip, port.port, "") for ip in service.cluster_ips if _family_of(ip) is family][
-        :1
-    ]
+    """The cluster IP, node ports, external IPs and load-balancer IPs of one port and family.
+
+    An address no frontend may be on (`ips.unsafe_reason`: loopback, unspecified, link-local,
+    multicast, broadcast) is left out, whatever it came from, with a problem.
+    """
+    candidates: list[tuple[str, str, str, int]] = [  # (source, segment kind, ip, port)
+        ("clusterIP", "", ip, port.port) for ip in service.cluster_ips if _family_of(ip) is family
+    ][:1]
     if service.type in ("NodePort", "LoadBalancer") and port.node_port and node is not None:
-        out.extend(
-            _Frontend(ip, port.node_port, frontend_segment(NODE_PORT, ip))
+        candidates.extend(
+            (f"address of node {node.name}", NODE_PORT, ip, port.node_port)
             for ip in node.ips(family)
         )
-    for kind, ips in (
-        (EXTERNAL_IP, service.external_ips),
-        (LOAD_BALANCER, service.load_balancer_ips),
+    for source, kind, ips in (
+        ("spec.externalIPs", EXTERNAL_IP, service.external_ips),
+        ("status.loadBalancer.ingress", LOAD_BALANCER, service.load_balancer_ips),
     ):
-        for ip in ips:
-            if _family_of(ip) is family:
-                out.append(
-                    _Frontend(_canonical(ip), port.port, frontend_segment(kind, _canonical(ip)))
+        candidates.extend(
+            (source, kind, _canonical(ip), port.port) for ip in ips if _family_of(ip) is family
+        )
+    out: list[_Frontend] = []
+    for source, kind, ip, number in candidates:
+        why = _unsafe(ip)
+        if why:
+            problems.append(
+                Problem(
+                    _ref(service),
+                    "ForbiddenAddress",
+                    f"{source} {ip} is a {why} address, which no frontend may be on "
+                    "(it would catch the node's own traffic); "
+                    f"port {number} is not served on it",
+                    key=source,
+                    value=ip,
                 )
+            )
+            continue
+        out.append(_Frontend(ip, number, frontend_segment(kind, ip) if kind else ""))
     unique: dict[tuple[str, int], _Frontend] = {}
     for f in out:
         unique.setdefault((f.ip, f.port), f)  # an external IP equal to the cluster IP: served once
@@ -251,7 +279,7 @@ def _port_farms(
     problems: list[Problem],
 ) -> list[Farm]:
     """One farm per frontend; each frontend's backends follow its traffic policy."""
-    frontends = _frontends(service, port, family, node)
+    frontends = _frontends(service, port, family, node, problems)
     if not frontends:
         return []
     helper, persistence, sched_param = _fitted(
@@ -404,7 +432,7 @@ def frontend_farms(service: Service, node: Node | None) -> dict[str, tuple[int, 
     for index, port in enumerate(service.ports):
         segment = port_segment(port.name, port.port)
         for family in families:
-            for front in _frontends(service, port, family, node):
+            for front in _frontends(service, port, family, node, []):
                 key = FarmKey(
                     service.namespace, service.name, segment, port.protocol, family, front.segment
                 )

@@ -1,0 +1,95 @@
+"""Hostile input and faults against the real `kube-nftlb run`, the fake API server and the real
+nftlb daemon (issue 16)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from tests.e2e.test_run_e2e import EXAMPLES, WEB, Agent, backends, wait_until
+
+from reconciler.cli.demo import web_slice
+from reconciler.cli.manifests import load_paths
+from reconciler.testing.fakeapi import FakeApiServer
+
+if TYPE_CHECKING:
+    from tests.e2e.conftest import NftlbDaemon
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApiServer]:
+    with FakeApiServer() as server:
+        yield server
+
+
+@contextmanager
+def running(tmp_path: Path, api: FakeApiServer, daemon: NftlbDaemon) -> Iterator[Agent]:
+    a = Agent(tmp_path, api, daemon)
+    a.start()
+    try:
+        yield a
+    finally:
+        if a.process is not None:
+            assert a.stop() == 0, "the agent did not stop cleanly on SIGTERM"
+
+
+def _captor(port: int) -> list[dict[str, Any]]:
+    """A LoadBalancer whose status claims 127.0.0.1 on nftlb's own port: before issue 16 nftlb
+    DNATed the agent's own requests (with the key) to this Service's backend."""
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "captor", "namespace": "default"},
+        "spec": {
+            "type": "LoadBalancer",
+            "clusterIP": "10.96.0.99",
+            "externalIPs": ["169.254.169.254"],
+            "ports": [{"name": "api", "protocol": "TCP", "port": port, "nodePort": 31999}],
+        },
+        "status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.1"}]}},
+    }
+    endpoints = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "captor-1",
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "captor"},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "api", "protocol": "TCP", "port": 8080}],
+        "endpoints": [{"addresses": ["10.244.9.9"], "conditions": {"ready": True}}],
+    }
+    return [service, endpoints]
+
+
+def test_a_loopback_load_balancer_ip_cannot_capture_the_key(
+    tmp_path: Path, api: FakeApiServer, clean_daemon: NftlbDaemon
+) -> None:
+    api.seed(load_paths([EXAMPLES]) + _captor(clean_daemon.port))
+    with running(tmp_path, api, clean_daemon) as agent:
+        wait_until(lambda: "k8s.default.captor.api.tcp.v4" in agent.farms(), what="captor")
+        events = wait_until(
+            lambda: [
+                e
+                for e in api.objects("Event", "default")
+                if e["involvedObject"]["name"] == "captor" and e["reason"] == "ForbiddenAddress"
+            ],
+            what="ForbiddenAddress events",
+        )
+        messages = " ".join(e["message"] for e in events)
+        assert "127.0.0.1 is a loopback address" in messages
+        assert "169.254.169.254 is a link-local address" in messages
+        vips = {a.ip for f in agent.farms().values() for a in f.addresses}
+        assert "127.0.0.1" not in vips and "169.254.169.254" not in vips
+        kernel = {key[3] for key in clean_daemon.service_elements()}
+        assert "127.0.0.1" not in kernel and "169.254.169.254" not in kernel
+        agent.daemon.assert_kernel(agent.farms().values())
+        # The agent still reaches nftlb itself: a later change is programmed, and it is ready.
+        api.apply(web_slice(["10.244.1.11", "10.244.2.14"]))
+        wait_until(lambda: backends(agent, WEB) == ["10.244.1.11", "10.244.2.14"], what="change")
+        wait_until(lambda: agent.http("/readyz")[0] == 200, what="ready")
+        assert not agent.events("sync.failed")
