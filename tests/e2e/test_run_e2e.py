@@ -288,3 +288,40 @@ def test_once_does_one_full_sync_and_exits(
         assert WEB in c.get_farms().by_name()
     lines = [json.loads(x) for x in done.stdout.splitlines()]
     assert [x["kind"] for x in lines if x["event"] == "sync.done"] == ["full"]
+
+
+@pytest.mark.parametrize("fault", ["hang", "forbidden"])
+def test_event_writes_that_hang_or_are_refused_never_delay_programming(
+    tmp_path: Path, fake: FakeApiServer, clean_daemon: NftlbDaemon, fault: str
+) -> None:
+    """The examples' bad annotation is a problem on every sync, so each sync has an Event to
+    write; the API server holds every Event request for a minute, or refuses it with 403."""
+    if fault == "hang":
+        fake.hang_next("*", 60.0, "/events", times=1000)
+    else:
+        fake.fail_next("*", 403, "/events", message="events is forbidden", times=1000)
+    fake.seed(load_paths([EXAMPLES]))
+    agent = Agent(tmp_path, fake, clean_daemon)
+    agent.start()
+    try:
+        wait_until(lambda: WEB in agent.farms(), what="programmed")
+        wait_until(lambda: [r for r in fake.requests if "/events" in r.path], what="Event tried")
+        for n in range(3):  # each change well inside the time a hung Event request takes
+            ips = [f"10.244.7.{n + 1}"]
+            fake.apply(web_slice(ips))
+            wait_until(lambda ips=ips: backends(agent, WEB) == ips, timeout=3, what="programmed")
+        # nftlb emptied behind its back: the full resync repairs it as usual.
+        agent.daemon.restart()
+        wait_until(lambda: WEB in agent.farms(), timeout=6, what="repaired")
+        assert agent.http("/readyz")[0] == 200
+        assert fake.objects("Event", "default") == []
+        if fault == "forbidden":
+            failed = wait_until(lambda: agent.events("event.failed"), what="event.failed")
+            assert "forbidden" in failed[0]["error"].lower()
+            assert 'kube_nftlb_events_total{result="failed"}' in agent.http("/metrics")[1]
+            # Backed off: not one POST per sync.
+            syncs = len(agent.events("sync.done"))
+            posts = len([r for r in fake.requests if "/events" in r.path])
+            assert posts < syncs
+    finally:
+        assert agent.stop() == 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+import time
 from typing import Any
 
 import httpx
@@ -41,6 +43,7 @@ def service(
             "name": name,
             "namespace": "default",
             "resourceVersion": rv,
+            "uid": f"uid-{name}",
             "annotations": annotations or {},
         },
         "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]},
@@ -71,6 +74,25 @@ NODE = parse_node(
 )[0]
 
 
+class EventList:
+    """An Event API that keeps what it is sent; `hold` makes every call wait (a hung server)."""
+
+    def __init__(self, sent: list[Any]) -> None:
+        self.sent = sent
+        self.hold = threading.Event()
+        self.hold.set()
+
+    def create(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.hold.wait(30)
+        self.sent.append(body)
+        return {**body, "metadata": {**body["metadata"], "resourceVersion": "1"}}
+
+    def get(self, namespace: str, name: str) -> dict[str, Any]:
+        raise AssertionError("not called here")
+
+    patch = get  # type: ignore[assignment]
+
+
 class World:
     def __init__(self, events: list[Any] | None = None) -> None:
         self.model = NftlbModel("k")
@@ -81,11 +103,7 @@ class World:
         self.nodes.items["n1"] = NODE
         self.log_stream = io.StringIO()
         configure("json", "debug", self.log_stream)
-        recorder = (
-            EventRecorder(lambda ns, body: events.append(body), "n1")
-            if events is not None
-            else None
-        )
+        recorder = EventRecorder(EventList(events), "n1") if events is not None else None
         self.controller = Controller(
             Settings("n1"),
             self.client,
@@ -224,13 +242,43 @@ def test_bad_annotation_gives_one_event_and_one_log_line_however_many_syncs() ->
         service(annotations={"service.kubernetes.io/kube-nftlb-load-balancer-mode": "dsr"})
     )
     w.put_service(service("ok", ip="10.96.0.2"))
-    w.controller.sync_full()
-    w.controller.sync_full()
+    assert w.controller.events is not None
+    for _ in range(2):
+        w.controller.sync_full()
+        w.controller.events.step()
     assert len(events) == 1
     assert events[0]["reason"] == "InvalidAnnotation" and "dsr" in events[0]["message"]
     assert events[0]["involvedObject"]["name"] == "web"
+    assert events[0]["involvedObject"]["uid"] == "uid-web"
     assert len([x for x in w.logs() if x["event"] == "service.problem"]) == 1
     assert {"k8s.default.web.http.tcp.v4", "k8s.default.ok.http.tcp.v4"} <= w.farms().keys()
+
+
+def test_a_hung_event_write_never_delays_a_sync() -> None:
+    events: list[Any] = []
+    w = World(events)
+    recorder = w.controller.events
+    assert recorder is not None
+    api = recorder._api
+    assert isinstance(api, EventList)
+    api.hold.clear()  # the API server takes every Event and never answers
+    recorder.start()
+    try:
+        bad = {"service.kubernetes.io/kube-nftlb-load-balancer-mode": "dsr"}
+        w.put_service(service(annotations=bad))
+        started = time.monotonic()
+        assert w.controller.sync_full().ok
+        w.put_slice(eps("web", "10.244.0.5"))
+        assert w.controller.sync_partial().ok
+        assert time.monotonic() - started < 5  # the hold is 30 s per Event
+        assert [b.ip for b in w.farms()["k8s.default.web.http.tcp.v4"].backends] == ["10.244.0.5"]
+        assert events == []
+        api.hold.set()
+        assert recorder.flush(5)
+        assert [e["reason"] for e in events] == ["InvalidAnnotation"]
+    finally:
+        api.hold.set()
+        recorder.stop()
 
 
 def test_no_sync_before_caches_have_listed() -> None:

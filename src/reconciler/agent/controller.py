@@ -52,7 +52,7 @@ from reconciler.core.node_rules import (
     table_of,
 )
 from reconciler.core.plan import Plan
-from reconciler.core.problems import Problem
+from reconciler.core.problems import ObjectRef, Problem
 from reconciler.kernel.nftables import NftablesError
 from reconciler.kubeapi.events import EventRecorder
 from reconciler.nftlb.client import NftlbClient, NftlbError, NftlbUnauthorized
@@ -737,8 +737,12 @@ class Controller:
                 allowed=list(p.allowed) or None,
             )
         # After the log lines: an Event is an API call that may be slow or fail.
-        if self.events is not None:
-            self.events.record(desired.problems)
+        if self.events is not None:  # hands them to its worker: never waits for the API
+            self.events.record(desired.problems, self._uid)
+
+    def _uid(self, ref: ObjectRef) -> str:
+        svc = self._services.get((ref.namespace, ref.name))
+        return svc.uid if svc is not None else ""
 
     def _done(
         self, result: SyncResult, started: float, triggers: dict[ServiceKey, float]

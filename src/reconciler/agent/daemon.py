@@ -30,7 +30,7 @@ from reconciler.core.kube import (
 )
 from reconciler.core.problems import Problem
 from reconciler.kernel.nftables import NftablesError, NodeTableWriter
-from reconciler.kubeapi.events import EventRecorder
+from reconciler.kubeapi.events import EventRecorder, kube_event_api
 from reconciler.kubeapi.informer import Informer, InformerEvent
 from reconciler.nftlb.client import NftlbClient
 
@@ -85,12 +85,17 @@ class Daemon:
         recorder = None
         if options.events:
             recorder = EventRecorder(
-                lambda ns, body: core.create_namespaced_event(ns, body),
+                kube_event_api(api_client),
                 node,
                 on_error=lambda p, e: self.log.warning(
-                    "event.failed", object=str(p.ref), error=str(e)
+                    "event.failed",
+                    object=str(p.ref) if p else None,
+                    error=str(e) or type(e).__name__,
+                    error_type=type(e).__name__,
                 ),
+                on_write=lambda result: self.metrics.events.labels(result=result).inc(),
             )
+        self.recorder = recorder
 
         def restarts(resource: str) -> Callable[[str], None]:
             def hook(reason: str) -> None:
@@ -171,6 +176,7 @@ class Daemon:
             node_table=table,
         )
         self.health: HealthServer | None = None
+        self._loop = True
         self._stopped = threading.Event()
 
     def _live(self) -> bool:
@@ -207,6 +213,9 @@ class Daemon:
                 )
         for informer in (self.services, self.slices, self.nodes):
             informer.start()
+        self._loop = loop
+        if self.recorder is not None:
+            self.recorder.start()
         if loop:
             self.controller.start()
 
@@ -221,6 +230,10 @@ class Daemon:
     def stop(self) -> None:
         self.log.info("daemon.stop")
         self.controller.stop()
+        if self.recorder is not None:
+            if not self._loop:  # `run --once`: give the Events of its one sync a moment
+                self.recorder.flush(2.0)
+            self.recorder.stop()
         for informer in (self.services, self.slices, self.nodes):
             informer.stop()
         if self.health_checks is not None:

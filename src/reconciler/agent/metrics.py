@@ -56,6 +56,12 @@ class Metrics:
             ["resource", "reason"],
             registry=r,
         )
+        self.events = Counter(
+            f"{p}events_total",
+            "Event writes by the background worker, by result.",
+            ["result"],
+            registry=r,
+        )
         self.desired_farms = Gauge(
             f"{p}desired_farms", "Farms the cluster state asks for.", registry=r
         )

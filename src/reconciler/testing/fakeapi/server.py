@@ -62,6 +62,14 @@ class _Failure:
     times: int
 
 
+@dataclass
+class _Hang:
+    verb: str
+    seconds: float
+    path_contains: str | None
+    times: int
+
+
 @dataclass(frozen=True)
 class _Route:
     rtype: ResourceType
@@ -204,6 +212,9 @@ class _Handler(BaseHTTPRequestHandler):
             except ApiError as exc:
                 route = exc
             verb = self._verb(method, route if isinstance(route, _Route) else None, query)
+            hang = fake._take_hang(verb, self.path)
+            if hang:
+                time.sleep(hang)  # the client's timeout, if it has one, ends it first
             failure = fake._take_failure(verb, self.path)
             if failure is not None:
                 if verb == "watch" and failure.code == 410:
@@ -490,6 +501,7 @@ class FakeApiServer:
         self._store = Store(history_size=history_size, watch_queue_size=watch_queue_size)
         self._requests: deque[RequestRecord] = deque(maxlen=request_log_size)
         self._failures: list[_Failure] = []
+        self._hangs: list[_Hang] = []
         self._connections: set[socket.socket] = set()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -738,6 +750,29 @@ class FakeApiServer:
             raise ValueError(f"unknown verb {verb!r}; use one of {sorted(VERBS)}")
         with self._store.lock:
             self._failures.append(_Failure(verb, code, path_contains, message, times))
+
+    def hang_next(
+        self, verb: str, seconds: float, path_contains: str | None = None, *, times: int = 1
+    ) -> None:
+        """Hold the next ``times`` requests of ``verb`` whose path and query contain
+        ``path_contains`` for ``seconds`` before answering them (an API server that hangs)."""
+        if verb not in VERBS:
+            raise ValueError(f"unknown verb {verb!r}; use one of {sorted(VERBS)}")
+        with self._store.lock:
+            self._hangs.append(_Hang(verb, seconds, path_contains, times))
+
+    def _take_hang(self, verb: str, target: str) -> float:
+        with self._store.lock:
+            for hang in self._hangs:
+                if hang.verb not in ("*", verb):
+                    continue
+                if hang.path_contains is not None and hang.path_contains not in target:
+                    continue
+                hang.times -= 1
+                if hang.times <= 0:
+                    self._hangs.remove(hang)
+                return hang.seconds
+        return 0.0
 
     def _take_failure(self, verb: str, target: str) -> ApiError | None:
         with self._store.lock:
