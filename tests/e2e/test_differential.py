@@ -17,9 +17,10 @@ test_nftlb_client_e2e.py characterises what happens outside.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
+import pytest
 from attrs import evolve
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
@@ -52,6 +53,7 @@ from reconciler.core.farms import (
 )
 from reconciler.core.names import FarmKey, address_name, backend_name, farm_name
 from reconciler.core.plan import Operation, OpKind, Plan
+from reconciler.core.wire import Request
 from reconciler.nftlb.client import ApplyResult, NftlbClient
 from reconciler.testing.nftlb_model import NftlbModel
 
@@ -286,3 +288,97 @@ class Differential(RuleBasedStateMachine):
 def test_model_matches_the_daemon(clean_daemon: NftlbDaemon) -> None:
     Differential.daemon = clean_daemon
     run_state_machine_as_test(Differential, settings=SETTINGS)
+
+
+# -- the states nftlb 1.0.7 breaks on (issue 11) ---------------------------------------------
+
+
+def _farm(name: str, family: str, vip: str, *backends: tuple[str, str, int]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "family": family,
+        "virtual-addr": vip,
+        "virtual-ports": "80",
+        "protocol": "tcp",
+        "mode": "snat",
+        "backends": [_backend(*b) for b in backends],
+    }
+
+
+def _backend(name: str, ip: str, mark: int) -> dict[str, str]:
+    return {"name": name, "ip-addr": ip, "port": "8080", "mark": f"{mark:#x}", "state": "up"}
+
+
+def _post(*farms: dict[str, Any]) -> Request:
+    return Request("POST", "/farms", {"farms": list(farms)})
+
+
+_START = (
+    _post(_farm("a", "ipv4", "10.96.0.1", ("a1", "10.1.0.1", 1), ("a2", "10.1.0.2", 2))),
+    _post(_farm("b", "ipv4", "10.96.0.2", ("b1", "10.1.0.3", 1))),
+    _post(_farm("c6", "ipv6", "fd00::1", ("c1", "fd01::1", 1))),
+)
+
+#: Each: requests after `_START`; after each one the model and the kernel must agree on which
+#: farms have no rules.
+BREAKING: dict[str, tuple[Request, ...]] = {
+    "two backends of a later farm on one mark, then an unrelated change, then the repair": (
+        _post({"name": "b", "backends": [_backend("b2", "10.1.0.4", 1)]}),
+        _post({"name": "a", "backends": [_backend("a3", "10.1.0.9", 3)]}),
+        Request("DELETE", "/farms/b/backends/b1"),
+    ),
+    "two backends of the first farm on one mark wipe its whole table": (
+        _post({"name": "a", "backends": [_backend("a9", "10.1.0.9", 1)]}),
+        _post({"name": "b", "backends": [_backend("b9", "10.1.0.19", 2)]}),
+        Request("DELETE", "/farms/a/backends/a1"),
+    ),
+    "two backends of an IPv6 farm on one mark": (
+        _post({"name": "c6", "backends": [_backend("c2", "fd01::2", 1)]}),
+        Request("DELETE", "/farms/c6/backends/c1"),
+    ),
+    "a new farm with two backends on one mark": (
+        _post(_farm("e", "ipv4", "10.96.0.5", ("e1", "10.1.0.5", 1), ("e2", "10.1.0.6", 1))),
+        Request("DELETE", "/farms/e/backends/e2"),
+    ),
+    "a new farm on another farm's frontend, then deleted": (
+        _post(_farm("d", "ipv4", "10.96.0.1", ("d1", "10.1.0.5", 1))),
+        Request("DELETE", "/farms/d"),
+    ),
+    "a farm moved onto another's frontend stays dark after that one leaves": (
+        _post({"name": "b", "virtual-addr": "10.96.0.1"}),
+        _post({"name": "a", "virtual-addr": "10.96.0.3"}),
+        _post({"name": "b", "backends": [_backend("b2", "10.1.0.4", 2)]}),
+    ),
+    "the first farm on a later farm's frontend": (
+        _post({"name": "a", "virtual-addr": "10.96.0.2"}),
+        _post({"name": "a", "virtual-addr": "10.96.0.4"}),
+        _post({"name": "b", "backends": [_backend("b2", "10.1.0.4", 2)]}),
+    ),
+}
+
+
+def _kernel_dark(daemon: NftlbDaemon, names: list[str]) -> set[str]:
+    """Farms nftlb lists whose frontend the kernel does not send to their chain."""
+    targets = set(daemon.service_elements().values())
+    return {n for n in names if f"nat-{n}" not in targets}
+
+
+@pytest.mark.parametrize("steps", list(BREAKING.values()), ids=list(BREAKING))
+def test_model_and_daemon_break_alike(
+    clean_daemon: NftlbDaemon, steps: tuple[Request, ...]
+) -> None:
+    """The model says which farms have no rules, and why (`NftlbModel.dark_farms`); the
+    kernel must agree after every request, and GET must be the same."""
+    model = NftlbModel(clean_daemon.key)
+    fake = NftlbClient(
+        "http://nftlb", clean_daemon.key, transport=httpx.MockTransport(model.as_handler())
+    )
+    with clean_daemon.client() as real:
+        for i, request in enumerate((*_START, *steps)):
+            assert real.send(request) == fake.send(request), request.summary
+            names = [f["name"] for f in real.get_farms_document()["farms"]]
+            assert real.get_farms_document() == fake.get_farms_document()
+            dark = model.dark_farms()
+            assert set(dark) == _kernel_dark(clean_daemon, names), (i, request.summary, dark)
+            if i < len(_START):
+                assert dark == {}

@@ -6,7 +6,7 @@ from attrs import evolve
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.core.farms import MAX_MARK, Backend, Farm, _mark, assign_marks
+from reconciler.core.farms import MAX_MARK, Backend, Farm, _mark, assign_marks, released_marks
 from tests.property.test_wire_model import farms
 
 MARKS = st.integers(min_value=-1, max_value=MAX_MARK + 1)
@@ -66,3 +66,26 @@ def test_marking_a_marked_farm_against_itself_changes_nothing(desired: Farm) -> 
     marked = assign_marks(desired, None)
     assert assign_marks(marked, marked) == marked
     assert assign_marks(desired, marked) == marked
+
+
+@given(desired_and_actual())
+def test_a_mark_sent_is_never_one_another_backend_nftlb_holds_may_still_have(
+    pair: tuple[Farm, Farm | None],
+) -> None:
+    """The plan adds backends before it deletes the old ones, so a mark given to an added or
+    changed backend must not be held by any other backend of `actual` (issue 11), unless that
+    one is released first (`released_marks`: only when every mark is taken)."""
+    desired, actual = pair
+    if actual is None:
+        return
+    marked = assign_marks(desired, actual)
+    first = released_marks(marked, actual)
+    for b in marked.backends:
+        if actual.backend(b.name) == b:
+            continue
+        holders = {o.name for o in actual.backends if o.mark == b.mark and o.name != b.name}
+        departing = {n for n in holders if marked.backend(n) is None}
+        assert departing <= first
+        # A backend staying on it would be two on one mark after the plan: never.
+        assert all(marked.backend(n).mark != b.mark for n in holders - departing)  # type: ignore[union-attr]
+    assert not first, "4095 marks are never all taken in these examples"

@@ -3,7 +3,16 @@ from __future__ import annotations
 from attrs import evolve
 
 from reconciler.core.diff import diff
-from reconciler.core.farms import Address, Backend, Family, Farm, Protocol, Scheduler, assign_marks
+from reconciler.core.farms import (
+    MAX_MARK,
+    Address,
+    Backend,
+    Family,
+    Farm,
+    Protocol,
+    Scheduler,
+    assign_marks,
+)
 from reconciler.core.plan import OpKind, render_text
 
 
@@ -67,8 +76,11 @@ def test_replaced_endpoint_goes_in_before_the_old_one_goes_out() -> None:
     )
     plan = diff([want], [have])
     assert [op.kind for op in plan] == [OpKind.UPSERT_BACKENDS, OpKind.DELETE_BACKEND]
-    assert plan.operations[0].backends[0].mark == 2  # the freed mark is reused
+    # Not the departing backend's mark 2: both are in nftlb between the two operations, and two
+    # backends of one farm on one mark wipe nftlb's rules (nftlb-api.md item 23).
+    assert plan.operations[0].backends[0].mark == 3
     assert plan.operations[1].target == "b-10.1.0.2-8080"
+    assert not plan.operations[1].early
 
 
 def test_changed_frontend_is_one_in_place_update_of_the_virtual_address() -> None:
@@ -129,4 +141,37 @@ def test_a_frontend_that_moves_to_another_farm_is_freed_before_the_new_farm_clai
     assert [(op.kind, op.farm_name) for op in plan] == [
         (OpKind.UPDATE_FARM, "k8s.a.moving.http.tcp.v4"),
         (OpKind.CREATE_FARM, "k8s.a.new.http.tcp.v4"),
+    ]
+
+
+def test_a_reused_mark_is_released_before_the_backend_taking_it_goes_in() -> None:
+    old = tuple(Backend(f"old{m}", "10.1.0.9", m) for m in range(1, MAX_MARK + 1))
+    have = applied(evolve(farm(), backends=old))
+    want = evolve(farm(), backends=(*old[1:], Backend("new", "10.1.0.3", 80)))
+    plan = diff([want], [have])
+    assert [(op.kind, op.target) for op in plan] == [
+        (OpKind.DELETE_BACKEND, "old1"),
+        (OpKind.UPSERT_BACKENDS, ""),
+    ]
+    assert plan.operations[0].early
+    assert [b.mark for b in plan.operations[1].backends] == [1]
+
+
+def test_a_frontend_move_waits_for_the_farm_leaving_that_frontend() -> None:
+    a, b = farm("k8s.a.x.http.tcp.v4", "10.96.0.1"), farm("k8s.b.y.http.tcp.v4", "10.96.0.2")
+    # a moves onto b's frontend while b moves to a third: b must move first.
+    plan = diff([farm(a.name, "10.96.0.2"), farm(b.name, "10.96.0.3")], [applied(a), applied(b)])
+    assert [(op.kind, op.farm_name, op.step) for op in plan] == [
+        (OpKind.UPDATE_FARM, b.name, 0),
+        (OpKind.UPDATE_FARM, a.name, 1),
+    ]
+
+
+def test_two_farms_swapping_frontends_recreate_one() -> None:
+    a, b = farm("k8s.a.x.http.tcp.v4", "10.96.0.1"), farm("k8s.b.y.http.tcp.v4", "10.96.0.2")
+    plan = diff([farm(a.name, "10.96.0.2"), farm(b.name, "10.96.0.1")], [applied(a), applied(b)])
+    assert [(op.kind, op.farm_name) for op in plan] == [
+        (OpKind.DELETE_FARM, a.name),
+        (OpKind.UPDATE_FARM, b.name),
+        (OpKind.CREATE_FARM, a.name),
     ]

@@ -3,6 +3,7 @@ from __future__ import annotations
 from attrs import evolve
 
 from reconciler.core.farms import (
+    MAX_MARK,
     Address,
     Backend,
     Family,
@@ -11,6 +12,7 @@ from reconciler.core.farms import (
     Protocol,
     Scheduler,
     assign_marks,
+    released_marks,
     validate_farm,
     validate_farms,
 )
@@ -93,7 +95,7 @@ def test_assign_marks_from_scratch_numbers_from_one() -> None:
     assert [b.mark for b in marked.backends] == [1, 2]
 
 
-def test_assign_marks_keeps_existing_and_fills_the_lowest_free() -> None:
+def test_assign_marks_keeps_existing_and_fills_the_lowest_nftlb_does_not_hold() -> None:
     actual = farm(
         backends=(
             Backend("b-10.1.0.1-8080", "10.1.0.1", 8080, mark=7),
@@ -104,7 +106,18 @@ def test_assign_marks_keeps_existing_and_fills_the_lowest_free() -> None:
         backends=(Backend("b-10.1.0.1-8080", "10.1.0.1", 8080), Backend("new", "10.1.0.3", 80))
     )
     marked = assign_marks(desired, actual)
-    assert {b.name: b.mark for b in marked.backends} == {"b-10.1.0.1-8080": 7, "new": 1}
+    # Not 1: "old" holds it until the plan deletes it, after "new" went in.
+    assert {b.name: b.mark for b in marked.backends} == {"b-10.1.0.1-8080": 7, "new": 2}
+    assert validate_farm(marked) == []
+
+
+def test_a_departing_mark_is_reused_only_when_all_are_taken_and_then_released_first() -> None:
+    old = tuple(Backend(f"old{m}", "10.1.0.9", m, mark=m) for m in range(1, MAX_MARK + 1))
+    actual = farm(backends=old)
+    desired = farm(backends=(*old[1:], Backend("new", "10.1.0.3", 80)))
+    marked = assign_marks(desired, actual)
+    assert marked.backend("new") == Backend("new", "10.1.0.3", 80, mark=1)
+    assert released_marks(marked, actual) == {"old1"}
     assert validate_farm(marked) == []
 
 

@@ -689,7 +689,7 @@ class Controller:
                 target=op.target or None,
                 changes=[c.to_json() for c in op.changes],
             )
-        applied = self.nftlb.apply(plan) if plan else None
+        applied = self.nftlb.apply(plan) if plan or self.nftlb.repair_pending else None
         for op in plan:
             self.metrics.plan_operations.labels(op=op.kind.value).inc()
         requests = applied.requests if applied else 0

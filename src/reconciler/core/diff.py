@@ -16,9 +16,9 @@ from collections.abc import Iterable, Mapping
 from enum import Enum
 from typing import Any
 
-from attrs import asdict
+from attrs import asdict, evolve
 
-from reconciler.core.farms import FARM_FIELDS, Backend, Farm, assign_marks
+from reconciler.core.farms import FARM_FIELDS, Backend, Farm, assign_marks, released_marks
 from reconciler.core.names import is_owned
 from reconciler.core.plan import Change, Operation, OpKind, Plan, ordered
 
@@ -114,10 +114,15 @@ def diff_farm(desired: Farm, actual: Farm) -> list[Operation]:
             )
         )
     wanted = {b.name for b in desired.backends}
+    first = released_marks(desired, actual)
     for b in actual.backends:
         if b.name not in wanted:
             change = Change(f"backends[{b.name}]", _obj(b), None)
-            ops.append(Operation(OpKind.DELETE_BACKEND, name, (change,), target=b.name))
+            ops.append(
+                Operation(
+                    OpKind.DELETE_BACKEND, name, (change,), target=b.name, early=b.name in first
+                )
+            )
     return ops
 
 
@@ -154,11 +159,68 @@ def diff_marked(
             ops.append(
                 Operation(OpKind.DELETE_FARM, name, (Change("farm", farm_summary(farm), None),))
             )
+    steps, recreate = _frontend_moves(want, have)
     for name, farm in want.items():
         current = have.get(name)
+        if name in recreate:
+            old = farm_summary(farm)
+            ops.append(Operation(OpKind.DELETE_FARM, name, (Change("farm", old, None),)))
+            current = None
         if current is None:
             change = Change("farm", None, farm_summary(farm))
             ops.append(Operation(OpKind.CREATE_FARM, name, (change,), farm=farm))
         else:
-            ops.extend(diff_farm(farm, current))
+            step = steps.get(name, 0)
+            ops.extend(
+                evolve(op, step=step) if op.kind is OpKind.UPDATE_FARM else op
+                for op in diff_farm(farm, current)
+            )
     return ordered(ops)
+
+
+def _frontend_moves(
+    want: Mapping[str, Farm], have: Mapping[str, Farm]
+) -> tuple[dict[str, int], set[str]]:
+    """The order of frontend moves, so that no two farms ever hold one frontend.
+
+    nftlb 1.0.7 gives the second farm on a (protocol, address, port) no rules, and keeps it so
+    after the first leaves (`nftlb-api.md` item 8, re-tested). A farm moving onto a frontend
+    that another moving farm leaves goes after it (a higher step); in a cycle of such moves (two
+    farms swapping node ports) one farm is deleted first and created again last instead.
+    Returns each moving farm's step and the farms to recreate.
+    """
+    holder = {a.tuple_key: f.name for f in have.values() for a in f.addresses}
+    moving = {n for n, f in want.items() if n in have and f.addresses != have[n].addresses}
+
+    def blocker(name: str) -> str | None:
+        for a in want[name].addresses:
+            other = holder.get(a.tuple_key)
+            if other is not None and other != name and other in moving:
+                return other
+        return None
+
+    recreate: set[str] = set()
+    for name in sorted(moving):
+        path: list[str] = []
+        current: str | None = name
+        while current is not None and current not in recreate and current not in path:
+            path.append(current)
+            current = blocker(current)
+        if current is not None and current in path:
+            recreate.add(min(path[path.index(current) :]))
+    steps: dict[str, int] = {}
+    for name in sorted(moving - recreate):
+        chain: list[str] = []
+        current = name
+        while current not in steps:
+            other = blocker(current)
+            if other is None or other in recreate:
+                steps[current] = 0
+                break
+            chain.append(current)
+            current = other
+        depth = steps[current]
+        for n in reversed(chain):
+            depth += 1
+            steps[n] = depth
+    return steps, recreate

@@ -324,22 +324,45 @@ def assign_marks(desired: Farm, actual: Farm | None) -> Farm:
 
 
 def _mark(desired: Farm, actual: Farm | None) -> Farm:
-    """`assign_marks` without its shortcut: keep valid marks of `actual`, number the rest."""
+    """`assign_marks` without its shortcut: keep valid marks of `actual`, number the rest.
+
+    A new mark is never one that any backend of `actual` holds, departing ones included: the
+    plan adds new backends before it deletes old ones, and two backends of one farm on one
+    mark make nftlb 1.0.7 drop the farm's rules, or its whole table (`nftlb-api.md` item 23).
+    Only when no other mark is left (4095 in all) is a departing backend's mark reused, and
+    `released_marks` then tells the diff to delete that backend first.
+    """
     kept: dict[str, int] = {}
-    taken: set[int] = set()
+    held: set[int] = set()
     if actual is not None:
         for b in actual.backends:
-            if 1 <= b.mark <= MAX_MARK and b.mark not in taken:
+            if 1 <= b.mark <= MAX_MARK and b.mark not in held:
                 kept[b.name] = b.mark
-                taken.add(b.mark)
+            held.add(b.mark)
     wanted = {b.name for b in desired.backends}
-    used = {m for n, m in kept.items() if n in wanted}
-    free = (m for m in range(1, MAX_MARK + 1) if m not in used)
+    fresh = (m for m in range(1, MAX_MARK + 1) if m not in held)
+    staying = {b.mark for b in actual.backends if b.name in wanted} if actual else set()
+    released = iter(
+        sorted({b.mark for b in actual.backends if b.name not in wanted} - staying)
+        if actual
+        else ()
+    )
     backends = tuple(
-        Backend(b.name, b.ip, b.port, b.weight, kept.get(b.name) or next(free))
+        Backend(
+            b.name, b.ip, b.port, b.weight, kept.get(b.name) or next(fresh, 0) or next(released, 0)
+        )
         for b in desired.backends
     )
     return evolve(desired, backends=backends)
+
+
+def released_marks(desired: Farm, actual: Farm) -> set[str]:
+    """Backends of `actual` that `desired` drops and whose mark a backend `desired` adds or
+    changes takes over: each must be deleted before that backend is sent (`_mark` reuses a
+    departing mark only when all 4095 are taken)."""
+    wanted = {b.name: b for b in desired.backends}
+    sent = {b.mark for b in desired.backends if actual.backend(b.name) != b}
+    return {b.name for b in actual.backends if b.name not in wanted and b.mark in sent}
 
 
 def _same_backends(desired: tuple[Backend, ...], actual: tuple[Backend, ...]) -> bool:

@@ -19,8 +19,10 @@ class OpKind(StrEnum):
     """Operation kinds, in the order a plan applies them.
 
     Deletes come first, then updates (a farm whose frontend moves frees its old one), then
-    creates, so a (protocol, address, port) a new farm needs is never held twice;
-    backends are upserted before surplus ones are deleted, so a farm never drops to zero.
+    creates, so a (protocol, address, port) a new farm needs is never held twice; updates that
+    move a frontend onto one another farm leaves go after that farm's (`Operation.step`);
+    backends are upserted before surplus ones are deleted, so a farm never drops to zero, except
+    a backend whose mark a new one takes over, which goes first (`Operation.early`).
     """
 
     DELETE_FARM = "delete-farm"
@@ -55,6 +57,9 @@ class Operation:
     `farm` is the desired farm for creates and updates (the body is built from it), `fields` the
     farm-level fields to send for an update (``addresses`` meaning the farm's virtual address
     and port), `backends` the backends to send, and `target` the backend name for deletes.
+    `step` orders updates of one kind among themselves (a frontend move waits for the farm
+    that leaves that frontend); `early` puts a backend delete before the farm's upserts (its
+    mark is reused, `farms.released_marks`).
     """
 
     kind: OpKind
@@ -64,10 +69,15 @@ class Operation:
     fields: tuple[str, ...] = ()
     backends: tuple[Backend, ...] = ()
     target: str = ""
+    step: int = 0
+    early: bool = False
 
     @property
-    def sort_key(self) -> tuple[int, str, str]:
-        return (ORDER[self.kind], self.farm_name, self.target)
+    def sort_key(self) -> tuple[int, int, str, str]:
+        rank = 2 * ORDER[self.kind]
+        if self.early:
+            rank = 2 * ORDER[OpKind.UPSERT_BACKENDS] - 1
+        return (rank, self.step, self.farm_name, self.target)
 
     def to_json(self) -> dict[str, Value]:
         out: dict[str, Value] = {"op": self.kind.value, "farm": self.farm_name}

@@ -316,6 +316,7 @@ class NftlbClient:
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=0),
         )
+        self._wipe = _Wipe()
         #: Totals since creation, for metrics: logical requests, body bytes, retried attempts.
         self.requests_sent = 0
         self.bytes_sent = 0
@@ -466,13 +467,20 @@ class NftlbClient:
 
     # -- writes -------------------------------------------------------------------------------
 
+    @property
+    def repair_pending(self) -> bool:
+        """Whether nftlb may still hold IPv6 farms without rules from a plan cut short: the
+        next `apply` repairs them, so call it even with an empty plan."""
+        return self._wipe.active
+
     def apply(self, plan: Plan, *, verify: Callable[[ReadBack], Plan] | None = None) -> ApplyResult:
         """Apply a plan in its order; failures are collected per farm, not raised.
 
         After a farm fails, its later operations in this plan are skipped (for instance, old
         backends are not deleted when the new ones did not go in); the next sync retries.
         IPv6 farms whose rules nftlb dropped are repaired before a triggering operation
-        reaches one of them, and after the plan (see the module docstring).
+        reaches one of them, and after the plan (see the module docstring); a plan cut short
+        by an error leaves that to the next `apply`, even an empty one.
         `verify` gets a fresh read-back and returns what still differs; if that is not empty,
         `NftlbVerifyError` is raised with it.
         """
@@ -480,7 +488,7 @@ class NftlbClient:
             requests0, bytes0 = self.requests_sent, self.bytes_sent
             failures: list[FarmFailure] = []
             isolated = repairs = 0
-            wipe = _Wipe()
+            wipe = self._wipe  # survives a plan cut short, so the next one still repairs
             ops = list(plan)
             i = 0
             while i < len(ops):
@@ -511,9 +519,9 @@ class NftlbClient:
                     if wipe.needs_repair_before(op):
                         repairs += self._repair_ipv6(wipe, failures, before=op.farm_name)
                     if op.farm_name not in {f.farm for f in failures}:
-                        self._apply_one(op, failures)
-                        if wipes_ipv6(op):
+                        if wipes_ipv6(op):  # before sending: an answer lost may still wipe
                             wipe.happened(op)
+                        self._apply_one(op, failures)
                 i += 1
             if wipe.active:
                 repairs += self._repair_ipv6(wipe, failures, before=None)

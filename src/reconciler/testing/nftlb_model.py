@@ -30,8 +30,17 @@ observed, and it is held to the real daemon by ``tests/e2e/test_differential.py`
   helper and protocol) fails with 404, and deleting one makes nftlb rebuild everything (its
   rules stay in the kernel: not modelled).
 
-Not modelled: the kernel itself (which rules exist, stale rules left behind; tests check the
-kernel separately), the forward-log bugs (a backend-less farm's forward chain after another
+* which farms have no rules in the kernel, and why (`NftlbModel.dark_farms`): nft refuses a
+  farm's batch when two of its up backends share a mark (`nftlb-api.md` item 23) or another
+  farm holds its frontend (item 8); nftlb answers 200 and starts a recovery, which rebuilds the
+  farms in order: the farm that breaks gets no rules, and when it is the first farm of its
+  family, none of that family does (item 7); that lasts until a later request makes a failing
+  batch start another recovery (a change to a farm without rules, such as deleting the
+  duplicate), while a change to a farm that has its rules does not repair the others;
+  re-tested on 1.0.7 and held to the daemon by tests/e2e/test_differential.py.
+
+Not modelled: the kernel itself beyond which farms have rules (stale rules left behind; tests
+check the kernel separately), the forward-log bugs (a backend-less farm's forward chain after another
 farm stopped logging there; backend marks shared by forward-logging farms: see
 tests/e2e/test_nftlb_client_e2e.py), the farms an address detach wedges beyond the cases
 above, sessions, policies, dsr/stlsdnat network lookups, the "config_error flips to up on an
@@ -167,10 +176,19 @@ class _Farm:
     prefixes: dict[str, str] = field(factory=dict)
     live: bool = False  # created by an earlier request that reached the rules
     rules: bool = True  # its rules are in the kernel (IPv6 ones get wiped by other farms)
+    dark: str = ""  # why it has no rules: one of DARK_REASONS
     wedged: bool = False  # an address was detached: its farm-level changes fail from now on
 
     def backend(self, name: str) -> _Backend | None:
         return next((b for b in self.backends if b.name == name), None)
+
+
+#: Why a farm nftlb lists as up has no rules in the kernel (`NftlbModel.dark_farms`):
+#: ``mark``: two of its backends share a mark (`nftlb-api.md` item 23); ``tuple``: an earlier
+#: farm holds its (protocol, address, port) (item 8); ``table``: the first farm of its family
+#: failed, so its table has no base chains (item 7); ``ipv6-wipe``: another IPv6 farm stopped
+#: and nftlb deleted the ip6 table's elements (`NftlbClient.apply` repairs this).
+DARK_REASONS = ("mark", "tuple", "table", "ipv6-wipe")
 
 
 def _print_meta(mask: int) -> str:
@@ -212,6 +230,8 @@ class NftlbModel:
         self._before: dict[int, str] = {}  # their GET echo before the POST
         #: How many times the real daemon would have rebuilt all its rules after an nft failure.
         self.recoveries = 0
+        #: Families whose table lost its base chains in the last recovery (see `_recovery`).
+        self._dark_tables: set[str] = set()
 
     # -- HTTP ---------------------------------------------------------------------------------
 
@@ -396,6 +416,7 @@ class NftlbModel:
                     self._delete_farm(name)
             elif second in self.farms:
                 doomed = self.farms[second]
+                family = self._family(doomed)
                 if doomed.live and self._shares_helper(doomed):
                     self._recovery()  # its rules stay in the kernel (not modelled)
                 elif self._ipv6(doomed) and doomed.live:
@@ -403,7 +424,11 @@ class NftlbModel:
                         self._wipe_ipv6(doomed)
                     else:
                         self._recovery()
+                elif doomed.live and not doomed.rules and doomed.state == "up":
+                    self._recovery()  # deleting its missing rules fails; rebuilt, then forgotten
                 self._delete_farm(second)
+                if not any(self._family(f) == family for f in self.farms.values()):
+                    self._dark_tables.discard(family)  # the last farm takes the table with it
             else:
                 self._output.append(f". Unknown farm '{second}'")
                 return self._response(404, "error deleting farm")
@@ -497,14 +522,79 @@ class NftlbModel:
         it deletes an IPv6 farm's elements it thinks the ip6 table unused and deletes it: every
         other IPv6 farm loses its rules, while GET still lists them."""
         for farm in self.farms.values():
-            if farm is not cause and self._ipv6(farm):
-                farm.rules = False
+            if farm is not cause and self._ipv6(farm) and farm.rules:
+                farm.rules, farm.dark = False, "ipv6-wipe"
 
     def _recovery(self) -> None:
-        """An nft batch failed: nftlb deletes its tables and rebuilds every farm."""
+        """An nft batch failed: nftlb deletes its tables and rebuilds every farm from memory,
+        in its list order, one batch each, once. A farm that breaks nft (`_conflict`) gets no
+        rules; when it is the first of its family, its batch also carried the family's base
+        table and chains, so every later farm of that family fails too (re-tested on 1.0.7)."""
         self.recoveries += 1
+        self._dark_tables = set()
+        held: set[tuple[str, str, str, str]] = set()
+        first: set[str] = set()
         for farm in self.farms.values():
-            farm.rules = True
+            if farm.state != "up":
+                continue
+            family = self._family(farm)
+            problem = "table" if family in self._dark_tables else self._conflict(farm, held)
+            if problem and family not in first:
+                self._dark_tables.add(family)
+            first.add(family)
+            farm.rules, farm.dark = not problem, problem
+            if not problem:
+                held |= self._tuples(farm)
+
+    def _family(self, farm: _Farm) -> str:
+        return self.addresses[farm.addresses[0]].family if farm.addresses else "ipv4"
+
+    def _tuples(self, farm: _Farm) -> set[tuple[str, str, str, str]]:
+        """(protocol, address, ports, address object): one address object attached to two
+        farms is not two farms on one frontend (not measured; left as before)."""
+        out = set()
+        for name in farm.addresses:
+            a = self.addresses[name]
+            out.add((a.protocol, a.ip, a.ports, a.name))
+        return out
+
+    @staticmethod
+    def _marks_clash(farm: _Farm) -> bool:
+        marks = [b.mark for b in farm.backends if b.state == "up" and b.ip]
+        return len(set(marks)) != len(marks)
+
+    def _conflict(self, farm: _Farm, held: set[tuple[str, str, str, str]]) -> str:
+        """What makes nft refuse this farm's batch, given the frontends farms built before
+        it hold: two backends on one mark ("File exists" in its DNAT map), or a frontend
+        another farm holds ("File exists" in the service map)."""
+        if self._marks_clash(farm):
+            return "mark"
+        mine = self._tuples(farm)
+        if {t[:3] for t in held - mine} & {t[:3] for t in mine}:
+            return "tuple"
+        return ""
+
+    def _batch_fails(self, farm: _Farm) -> bool:
+        """Whether the nft batch for a change of `farm` fails, which starts a recovery."""
+        if farm.state != "up":
+            return False
+        if farm.live and not farm.rules:
+            return True  # its chains are gone: the reload fails
+        if self._family(farm) in self._dark_tables:
+            return True
+        held = {
+            t for g in self.farms.values() if g is not farm and g.rules for t in self._tuples(g)
+        }
+        return bool(self._conflict(farm, held))
+
+    def dark_farms(self) -> dict[str, str]:
+        """Farms nftlb lists as up that have no rules in the kernel, with why (one of
+        `DARK_REASONS`): every such farm is a Service that does not answer."""
+        return {
+            f.name: f.dark or "table"
+            for f in self.farms.values()
+            if f.state == "up" and not f.rules
+        }
 
     def _rulerized(self) -> None:
         """nftlb forgets its "current" objects only after a request that reached the rules."""
@@ -532,8 +622,8 @@ class NftlbModel:
         except _Fail as fail:
             return self._response(fail.status, fail.message)
         self._validate_touched()
-        if any(not f.rules and f.live and self._did_change(f) for f in self.farms.values()):
-            self._recovery()  # its chains are gone: the reload fails and nftlb rebuilds all
+        if any(self._did_change(f) and self._batch_fails(f) for f in self.farms.values()):
+            self._recovery()
         self._rulerized()
         return self._response(200, "success")
 
