@@ -40,8 +40,8 @@ observed, and it is held to the real daemon by ``tests/e2e/test_differential.py`
   re-tested on 1.0.7 and held to the daemon by tests/e2e/test_differential.py.
 
 Not modelled: the kernel itself beyond which farms have rules (stale rules left behind; tests
-check the kernel separately), the forward-log bugs (a backend-less farm's forward chain after another
-farm stopped logging there; backend marks shared by forward-logging farms: see
+check the kernel separately), the forward-log bugs (a backend-less farm's forward chain after
+another farm stopped logging there; backend marks shared by forward-logging farms: see
 tests/e2e/test_nftlb_client_e2e.py), the farms an address detach wedges beyond the cases
 above, sessions, policies, dsr/stlsdnat network lookups, the "config_error flips to up on an
 unrelated change" side effect, crashes, and memory-safety bugs.
