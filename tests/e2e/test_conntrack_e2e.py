@@ -179,7 +179,9 @@ def test_udp_traffic_survives_the_server_pod_cycling(
     deleted = [
         line
         for line in metrics.splitlines()
-        if line.startswith(f'kube_nftlb_conntrack_deleted_entries_total{{ip_family="ipv{family}"}}')
+        if line.startswith(
+            f'kubeproxy_conntrack_reconciler_deleted_entries_total{{ip_family="ipv{family}"}}'
+        )
     ]
     assert deleted and float(deleted[0].split()[-1]) >= 1
 

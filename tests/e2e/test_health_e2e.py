@@ -183,7 +183,7 @@ def test_proxy_healthz_and_livez(agent: Agent, fake: FakeApiServer, ports: Ports
     fake.apply(node())
     wait_until(lambda: get(ports.healthz, "/healthz")[0] == 200, what="untainted")
     _, metrics = agent.http("/metrics")
-    assert 'kube_nftlb_proxy_healthz_total{code="503"}' in metrics
+    assert 'kubeproxy_proxy_healthz_total{code="503"}' in metrics
 
 
 def test_an_update_pending_longer_than_two_sync_periods_is_unhealthy(

@@ -166,7 +166,7 @@ def test_a_failed_cleanup_is_logged_counted_and_everything_checked_next_time(
     assert len(side.conntrack.plans) == 2
     assert side.conntrack.plans[-1].frontends == side.conntrack.plans[0].frontends
     metrics = side.world.controller.metrics.render().decode()
-    assert 'kube_nftlb_conntrack_deleted_entries_total{ip_family="ipv4"} 1.0' in metrics
+    assert 'kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family="ipv4"} 1.0' in metrics
 
 
 def test_a_failed_sync_cleans_nothing_and_stays_pending(side: NodeSide) -> None:

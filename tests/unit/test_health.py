@@ -289,9 +289,9 @@ def test_proxy_health_server_counts_its_answers(servers: HttpServers) -> None:
     assert _get(server.port, "/healthz")[0] == 200
     assert _get(server.port, "/livez")[0] == 200
     text = metrics.render().decode()
-    assert 'kube_nftlb_proxy_healthz_total{code="503"} 1.0' in text
-    assert 'kube_nftlb_proxy_healthz_total{code="200"} 1.0' in text
-    assert 'kube_nftlb_proxy_livez_total{code="200"} 1.0' in text
+    assert 'kubeproxy_proxy_healthz_total{code="503"} 1.0' in text
+    assert 'kubeproxy_proxy_healthz_total{code="200"} 1.0' in text
+    assert 'kubeproxy_proxy_livez_total{code="200"} 1.0' in text
 
 
 def test_service_health_servers_follow_the_ports(servers: HttpServers) -> None:

@@ -202,6 +202,7 @@ class Controller:
         self._all_dirty = False
         self._full_needed = True
         self._triggers: dict[ServiceKey, float] = {}
+        self._started = time.time()
         self._requests: dict[ServiceKey, ServiceFarms] = {}
         # What each Service's farms were computed from, so that a full sync reuses them when
         # nothing they depend on changed.
@@ -252,6 +253,7 @@ class Controller:
                 self._services.pop(key, None)
             else:
                 self._services[key] = new
+            self.metrics.service_event(key, changed=not _same(old, new))
         if not _same(old, new):
             self._mark([key])
 
@@ -265,12 +267,14 @@ class Controller:
                 self._slices.setdefault((new.namespace, new.service_name), {})[
                     (new.namespace, new.name)
                 ] = new
+            self.metrics.slice_event(changed=not _same(old, new))
         if _same(old, new):
             return
         keys = {(s.namespace, s.service_name) for s in (old, new) if s is not None}
         if new is not None and new.trigger_time:
             stamp = _parse_time(new.trigger_time)
-            if stamp is not None:
+            # As kube-proxy: a change from before this agent started is not its latency.
+            if stamp is not None and stamp >= self._started:
                 with self._cond:
                     for k in keys:
                         self._triggers.setdefault(k, stamp)
@@ -291,6 +295,7 @@ class Controller:
                 self._cond.notify()
 
     def _queued(self) -> None:
+        self.metrics.queued(time.time())
         if self.proxy_health is not None:
             self.proxy_health.queued()
 
@@ -489,7 +494,7 @@ class Controller:
             self._all_dirty = False
             self._full_needed = False
             triggers, self._triggers = self._triggers, {}
-            self.metrics.pending_changes.set(0)
+            self.metrics.changes_taken()
         try:
             desired = self._recompute(self._state(), None)
             wanted = self._wanted
@@ -517,7 +522,7 @@ class Controller:
             self._dirty.clear()
             self._all_dirty = False
             triggers, self._triggers = self._triggers, {}
-            self.metrics.pending_changes.set(0)
+            self.metrics.changes_taken()
         state = self._state() if keys is None else self._state_for(keys)
         before = self._desired_map
         desired = self._recompute(state, keys)
@@ -748,15 +753,11 @@ class Controller:
         self, result: SyncResult, started: float, triggers: dict[ServiceKey, float]
     ) -> SyncResult:
         duration = time.perf_counter() - started
-        self.metrics.sync_duration.labels(kind=result.kind).observe(duration)
+        self.metrics.sync_finished(
+            result.kind, duration, result.ok, triggers.values(), now=time.time()
+        )
         if result.ok:
             self.ready = True
-            self.metrics.last_success.set(time.time())
-            now = time.time()
-            for stamp in triggers.values():
-                self.metrics.programming_latency.observe(max(0.0, now - stamp))
-        else:
-            self.metrics.sync_errors.labels(kind=result.kind).inc()
         self.log.info(
             "sync.done",
             kind=result.kind,
@@ -777,7 +778,8 @@ class Controller:
         self._queued()
         with self._cond:
             self._full_needed = True
-        self.metrics.sync_errors.labels(kind=kind).inc()
+        duration = time.perf_counter() - started
+        self.metrics.sync_finished(kind, duration, False, (), now=time.time())
         self.metrics.nftlb_requests.labels(outcome="error").inc()
         hint = (
             "check --nftlb-key-file"

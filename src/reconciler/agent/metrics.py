@@ -2,26 +2,125 @@
 
 One registry per Metrics object (not the global one), so tests and several controllers in one
 process never share counters. Names follow Prometheus conventions; see docs/metrics.md.
+
+What kube-proxy measures is served under kube-proxy's name (subsystem `kubeproxy`), with its
+meaning and its buckets, so that kube-proxy's dashboards and alerts work unchanged; what is ours
+(nftlb requests, farms, problems, Events) is `kube_nftlb_*`. kube-proxy's newer releases add an
+`ip_family` label to the sync metrics; one sync here programs both families at once, so they have
+none (as in kube-proxy before v1.28).
 """
 
 from __future__ import annotations
 
+import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from reconciler import __version__
 from reconciler.agent.http import HttpServers, Listener, Request, Response, parse_address
 
 _SYNC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+#: kube-proxy's sync buckets: exponential from 1 ms, factor 2, 15 buckets (to 16.384 s).
+KUBEPROXY_SYNC_BUCKETS = tuple(0.001 * 2**i for i in range(15))
+#: kube-proxy's network programming buckets: MergeBuckets(0, linear 0.25 step 0.25 x2,
+#: linear 1 step 1 x59, linear 60 step 5 x12, linear 120 step 30 x7).
+KUBEPROXY_PROGRAMMING_BUCKETS = tuple(
+    sorted(
+        {0.0, 0.25, 0.5}
+        | {float(i) for i in range(1, 60)}
+        | {60.0 + 5 * i for i in range(12)}
+        | {120.0 + 30 * i for i in range(7)}
+    )
+)
 
 
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         p = "kube_nftlb_"
+        k = "kubeproxy_"
+        # The standard process metrics (process_*) and python_info, on this registry.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.build_info = Gauge(
+            f"{p}build_info",
+            "Always 1; the version of kube-nftlb and of the Python running it.",
+            ["version", "python_version"],
+            registry=r,
+        )
+        self.build_info.labels(version=__version__, python_version=platform.python_version()).set(1)
+        self.kp_sync = Histogram(
+            f"{k}sync_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds (every sync, full or partial).",
+            registry=r,
+            buckets=KUBEPROXY_SYNC_BUCKETS,
+        )
+        self.kp_sync_full = Histogram(
+            f"{k}sync_full_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for full resyncs.",
+            registry=r,
+            buckets=KUBEPROXY_SYNC_BUCKETS,
+        )
+        self.kp_sync_partial = Histogram(
+            f"{k}sync_partial_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for partial resyncs.",
+            registry=r,
+            buckets=KUBEPROXY_SYNC_BUCKETS,
+        )
+        self.kp_last_sync = Gauge(
+            f"{k}sync_proxy_rules_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced.",
+            registry=r,
+        )
+        self.kp_last_queued = Gauge(
+            f"{k}sync_proxy_rules_last_queued_timestamp_seconds",
+            "The last time a sync of proxy rules was queued.",
+            registry=r,
+        )
+        self.kp_programming = Histogram(
+            f"{k}network_programming_duration_seconds",
+            "In Cluster Network Programming Latency in seconds.",
+            registry=r,
+            buckets=KUBEPROXY_PROGRAMMING_BUCKETS,
+        )
+        self.kp_endpoint_changes = Counter(
+            f"{k}sync_proxy_rules_endpoint_changes_total",
+            "Cumulative proxy rules EndpointSlice changes.",
+            registry=r,
+        )
+        self.kp_endpoint_pending = Gauge(
+            f"{k}sync_proxy_rules_endpoint_changes_pending",
+            "Pending proxy rules EndpointSlice changes.",
+            registry=r,
+        )
+        self.kp_service_changes = Counter(
+            f"{k}sync_proxy_rules_service_changes_total",
+            "Cumulative proxy rules Service changes.",
+            registry=r,
+        )
+        self.kp_service_pending = Gauge(
+            f"{k}sync_proxy_rules_service_changes_pending",
+            "Pending proxy rules Service changes.",
+            registry=r,
+        )
+        self.kp_sync_failures = Counter(
+            f"{k}sync_proxy_rules_nftables_sync_failures_total",
+            "Syncs that failed to program the rules (nftlb or the node table).",
+            registry=r,
+        )
+        self._pending_services: set[Hashable] = set()
         self.sync_duration = Histogram(
             f"{p}sync_duration_seconds",
             "Time one sync took, by kind.",
@@ -91,13 +190,13 @@ class Metrics:
         )
 
         self.proxy_healthz = Counter(
-            f"{p}proxy_healthz_total",
+            f"{k}proxy_healthz_total",
             "Answers of the proxy health server's /healthz, by HTTP code.",
             ["code"],
             registry=r,
         )
         self.proxy_livez = Counter(
-            f"{p}proxy_livez_total",
+            f"{k}proxy_livez_total",
             "Answers of the proxy health server's /livez, by HTTP code.",
             ["code"],
             registry=r,
@@ -108,13 +207,13 @@ class Metrics:
             registry=r,
         )
         self.conntrack_deleted = Counter(
-            f"{p}conntrack_deleted_entries_total",
+            f"{k}conntrack_reconciler_deleted_entries_total",
             "Stale UDP conntrack entries deleted after syncs, by IP family.",
             ["ip_family"],
             registry=r,
         )
         self.conntrack_duration = Histogram(
-            f"{p}conntrack_cleanup_duration_seconds",
+            f"{k}conntrack_reconciler_sync_duration_seconds",
             "Time one conntrack cleanup took (list UDP entries, delete stale ones), by IP family.",
             ["ip_family"],
             registry=r,
@@ -126,6 +225,50 @@ class Metrics:
             ["ip_family"],
             registry=r,
         )
+
+    # -- what the controller tells (kept here so that its calls stay one line each) ------------
+
+    def service_event(self, key: Hashable, changed: bool) -> None:
+        """kube-proxy counts every Service event, and Services with changes not yet synced."""
+        self.kp_service_changes.inc()
+        if changed:
+            self._pending_services.add(key)
+            self.kp_service_pending.set(len(self._pending_services))
+
+    def slice_event(self, changed: bool) -> None:
+        """kube-proxy counts every EndpointSlice event, and those not yet synced."""
+        self.kp_endpoint_changes.inc()
+        if changed:
+            self.kp_endpoint_pending.inc()
+
+    def queued(self, now: float) -> None:
+        self.kp_last_queued.set(now)
+
+    def changes_taken(self) -> None:
+        """A sync took every pending change."""
+        self._pending_services.clear()
+        self.kp_service_pending.set(0)
+        self.kp_endpoint_pending.set(0)
+        self.pending_changes.set(0)
+
+    def sync_finished(
+        self, kind: str, duration: float, ok: bool, triggers: Iterable[float], now: float
+    ) -> None:
+        """Every sync's duration (kube-proxy observes failed ones too); on success, its time and
+        the programming latency of each EndpointSlice change it applied."""
+        self.sync_duration.labels(kind=kind).observe(duration)
+        self.kp_sync.observe(duration)
+        (self.kp_sync_full if kind == "full" else self.kp_sync_partial).observe(duration)
+        if not ok:
+            self.sync_errors.labels(kind=kind).inc()
+            self.kp_sync_failures.inc()
+            return
+        self.last_success.set(now)
+        self.kp_last_sync.set(now)
+        for stamp in triggers:
+            latency = max(0.0, now - stamp)
+            self.programming_latency.observe(latency)
+            self.kp_programming.observe(latency)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
