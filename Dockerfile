@@ -24,7 +24,7 @@ LABEL org.opencontainers.image.title="kube-nftlb" \
       org.opencontainers.image.base.name="docker.io/library/debian:bookworm-slim"
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv nftlb nftables \
+    && apt-get install -y --no-install-recommends python3 python3-venv nftlb nftables conntrack \
     && apt-get clean \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb /var/log/apt /var/log/dpkg.log
 

@@ -12,6 +12,7 @@ independently of the agent's netlink code.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -251,7 +252,7 @@ def test_cap_net_admin_is_needed_and_enough_for_the_cleanup(
             capture_output=True,
             text=True,
             check=True,
-            env={"PYTHONPATH": str(Path(__file__).parents[2] / "src")},
+            env={"PYTHONPATH": str(Path(__file__).parents[2] / "src"), "PATH": os.environ["PATH"]},
         )
         return json.loads(done.stdout)
 

@@ -42,7 +42,7 @@ SCHEMA_VERSIONS = ("1.31", "1.34")
 KUSTOMIZE_FIELDS = {"apiVersion", "kind", "namespace", "resources", "images"}
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
 KEY_DIR = "/run/kube-nftlb"
-APT_PACKAGES = {"python3", "python3-venv", "nftlb", "nftables"}
+APT_PACKAGES = {"python3", "python3-venv", "nftlb", "nftables", "conntrack"}
 
 Obj = dict[str, Any]
 

@@ -158,6 +158,14 @@ def stale_entries(plan: ConntrackFilter, entries: Iterable[Entry]) -> list[Entry
     return [e for e in entries if plan.is_stale(e)]
 
 
+def stale_groups(
+    plan: ConntrackFilter, entries: Iterable[Entry]
+) -> list[tuple[Family, HostPort, HostPort]]:
+    """The stale entries as (family, original destination, reply source) groups, sorted: one
+    deletion filter each, however many clients the group holds."""
+    return sorted({(e.family, e.orig_dst, e.reply_src) for e in stale_entries(plan, entries)})
+
+
 def after_cleanup(
     cleaned: Mapping[ServiceKey, tuple[UdpFrontend, ...]],
     desired: Mapping[ServiceKey, tuple[UdpFrontend, ...]],

@@ -1,28 +1,35 @@
-"""Deletes stale UDP conntrack entries over netlink (pyroute2's ctnetlink support).
+"""Deletes stale UDP conntrack entries with the `conntrack` tool (Debian's conntrack package).
 
-The shell around `core/conntrack_plan.py`: per IP family, list the UDP entries (filtered to UDP
-by the kernel), let the core pick the stale ones, delete each by its original tuple. Netlink
-rather than the `conntrack` tool: no process per deleted entry and no text to parse, and the
-same interface kube-proxy uses (docs/architecture.md). Needs CAP_NET_ADMIN in the node's
-network namespace; without it every cleanup fails with a clear error and the sync itself is not
-affected.
+The shell around `core/conntrack_plan.py`: per IP family, list the UDP entries to the frontends
+being checked, let the core pick the stale ones and group them by (frontend, reply source), and
+delete each group with one `conntrack -D` filter. The tool rather than netlink from Python:
+pyroute2's ctnetlink decoding took 1.2 s for 1,000 entries and 25 s for 10,000, where the tool
+lists 10,000 in 0.2 s and deletes 5,000 in one call (docs/architecture.md). Needs CAP_NET_ADMIN
+in the node's network namespace; without it every cleanup fails with a clear error and the sync
+itself is not affected.
 """
 
 from __future__ import annotations
 
-import errno
-import socket
+import re
+import subprocess
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 from attrs import frozen
 
-from reconciler.core.conntrack_plan import ConntrackFilter, Entry, stale_entries
+from reconciler.core.conntrack_plan import ConntrackFilter, Entry, stale_groups
 from reconciler.core.farms import Family, Protocol
 
-_AF = {Family.IPV4: socket.AF_INET, Family.IPV6: socket.AF_INET6}
-_PROTOCOLS = {socket.IPPROTO_UDP: Protocol.UDP, socket.IPPROTO_TCP: Protocol.TCP}
+TOOL = "conntrack"
+#: With at most this many frontends in a family, each is listed with its own filter (the
+#: usual partial sync); with more, the family's whole UDP table is listed once.
+PER_FRONTEND_LISTS = 8
+_FAMILY = {Family.IPV4: "ipv4", Family.IPV6: "ipv6"}
+_LINE = re.compile(
+    r"src=(\S+) dst=(\S+) sport=(\d+) dport=(\d+) (?:\[\w+\] )?src=(\S+) dst=\S+ sport=(\d+)"
+)
+_DELETED = re.compile(r"(\d+) flow entries have been deleted")
 
 
 class ConntrackError(Exception):
@@ -37,90 +44,110 @@ class FamilyResult:
     duration: float
 
 
-def _error(action: str, e: BaseException) -> ConntrackError:
-    code = getattr(e, "code", None)
-    if code == errno.EPERM:
-        return ConntrackError(
-            f"cannot {action} conntrack entries: operation not permitted "
-            "(the reconciler needs CAP_NET_ADMIN; see docs/install.md)"
+def parse_entries(family: Family, text: str) -> list[Entry]:
+    """`conntrack -L -p udp` lines as the core's entries (the tool prints canonical IPs)."""
+    out = []
+    for m in _LINE.finditer(text):
+        src, dst, sport, dport, reply_src, reply_sport = m.groups()
+        out.append(
+            Entry(
+                family,
+                Protocol.UDP,
+                (src, int(sport)),
+                (dst, int(dport)),
+                (reply_src, int(reply_sport)),
+            )
         )
-    return ConntrackError(f"cannot {action} conntrack entries: {e}")
+    return out
 
 
 class Conntrack:
-    """The kernel's conntrack table of this network namespace."""
+    """The kernel's conntrack table of this network namespace, through the `conntrack` tool."""
 
-    def _socket(self, family: Family) -> Any:
-        from pyroute2 import Conntrack as NetlinkConntrack
+    def __init__(self, tool: str = TOOL, timeout: float = 30.0) -> None:
+        self.tool, self.timeout = tool, timeout
 
+    def _run(self, action: str, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
         try:
-            return NetlinkConntrack(nfgen_family=_AF[family])
-        except OSError as e:
-            raise _error("open", e) from e
+            done = subprocess.run(
+                [self.tool, *args],
+                capture_output=True,
+                text=True,
+                timeout=self.timeout,
+                check=False,
+            )
+        except FileNotFoundError as e:
+            raise ConntrackError(
+                f"cannot {action} conntrack entries: the {self.tool!r} tool is not installed "
+                "(Debian package conntrack)"
+            ) from e
+        except subprocess.TimeoutExpired as e:
+            raise ConntrackError(
+                f"cannot {action} conntrack entries: {self.tool} took over {self.timeout:g} s"
+            ) from e
+        denied = ("Operation not permitted", "CAP_NET_ADMIN")  # the kernel's, the tool's
+        if done.returncode != 0 and any(d in done.stderr for d in denied):
+            raise ConntrackError(
+                f"cannot {action} conntrack entries: operation not permitted "
+                "(the reconciler needs CAP_NET_ADMIN; see docs/install.md)"
+            )
+        return done
 
-    def list_udp(self, family: Family) -> list[tuple[Entry, Any]]:
-        """UDP entries of a family, each with pyroute2's tuple to delete it by."""
-        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+    def list_udp(
+        self, family: Family, frontends: Iterable[tuple[str, int]] | None = None
+    ) -> list[Entry]:
+        """The family's UDP entries; only those to `frontends` (ip, port) when given."""
+        base = ["-L", "-f", _FAMILY[family], "-p", "udp"]
+        filters = (
+            [[]] if frontends is None else [["-d", ip, "--dport", str(p)] for ip, p in frontends]
+        )
+        entries: list[Entry] = []
+        for extra in filters:
+            done = self._run("list", [*base, *extra])
+            if done.returncode != 0:
+                raise ConntrackError(f"cannot list conntrack entries: {done.stderr.strip()}")
+            entries.extend(parse_entries(family, done.stdout))
+        return entries
 
-        ct = self._socket(family)
-        try:
-            wanted = NFCTAttrTuple(family=_AF[family], proto=socket.IPPROTO_UDP)
-            out = []
-            for raw in ct.dump_entries(tuple_orig=wanted):
-                entry = _entry(family, raw)
-                if entry is not None:
-                    out.append((entry, raw.tuple_orig))
-            return out
-        except Exception as e:
-            raise _error("list", e) from e
-        finally:
-            ct.close()
-
-    def delete(self, family: Family, tuples: Iterable[Any]) -> int:
-        """Delete entries by original tuple; one already gone (expired meanwhile) is not an
-        error. The number deleted."""
-        ct = self._socket(family)
-        deleted = 0
-        try:
-            for t in tuples:
-                try:
-                    ct.entry("del", tuple_orig=t)
-                    deleted += 1
-                except Exception as e:
-                    if getattr(e, "code", None) != errno.ENOENT:
-                        raise
-            return deleted
-        except Exception as e:
-            raise _error("delete", e) from e
-        finally:
-            ct.close()
+    def delete_group(
+        self, family: Family, orig_dst: tuple[str, int], reply_src: tuple[str, int]
+    ) -> int:
+        """Delete every UDP entry to orig_dst that replies from reply_src; how many went."""
+        done = self._run(
+            "delete",
+            [
+                "-D",
+                "-f",
+                _FAMILY[family],
+                "-p",
+                "udp",
+                "-d",
+                orig_dst[0],
+                "--dport",
+                str(orig_dst[1]),
+                "-r",
+                reply_src[0],
+                "--reply-port-src",
+                str(reply_src[1]),
+            ],
+        )
+        m = _DELETED.search(done.stderr)
+        if m is None:
+            raise ConntrackError(f"cannot delete conntrack entries: {done.stderr.strip()}")
+        return int(m.group(1))  # 0 (exit code 1): they expired meanwhile, not an error
 
     def cleanup(self, plan: ConntrackFilter) -> list[FamilyResult]:
         """List, choose (the core) and delete, family by family."""
         results = []
         for family in plan.families:
             started = time.perf_counter()
-            listed = self.list_udp(family)
-            stale = set(stale_entries(plan, (e for e, _ in listed)))
-            deleted = self.delete(family, (t for e, t in listed if e in stale))
+            fronts = [(ip, port) for f, ip, port in plan.frontends if f is family]
+            listed = self.list_udp(family, fronts if len(fronts) <= PER_FRONTEND_LISTS else None)
+            deleted = sum(
+                self.delete_group(family, dst, reply)
+                for _, dst, reply in stale_groups(plan, listed)
+            )
             results.append(
                 FamilyResult(family, len(listed), deleted, time.perf_counter() - started)
             )
         return results
-
-
-def _entry(family: Family, raw: Any) -> Entry | None:
-    """The core's value of a pyroute2 entry (its addresses come from inet_ntop: canonical)."""
-    orig, reply = raw.tuple_orig, raw.tuple_reply
-    protocol = _PROTOCOLS.get(orig.proto)
-    if protocol is None or None in (orig.saddr, orig.daddr, reply.saddr):
-        return None
-    if None in (orig.sport, orig.dport, reply.sport):
-        return None
-    return Entry(
-        family,
-        protocol,
-        (str(orig.saddr), int(orig.sport)),
-        (str(orig.daddr), int(orig.dport)),
-        (str(reply.saddr), int(reply.sport)),
-    )
