@@ -424,6 +424,12 @@ def test_the_kernel_holds_exactly_the_verdicts_of_the_cluster(agent: Agent) -> N
     assert verdicts["10.96.0.14"] == {"drop": None}
     assert "10.96.0.11" not in verdicts
     assert {json.loads(e) for e in _elements("cluster-ips-v4")} >= {"10.96.0.11", "10.96.0.12"}
+    # nftlb masquerades nothing itself: every farm is dnat, its backend marks lack the bit
+    nftlb = subprocess.run(
+        ["nft", "list", "table", "ip", "nftlb"], capture_output=True, text=True, check=True
+    ).stdout
+    choices = [line for line in nftlb.splitlines() if "ct mark set numgen" in line]
+    assert choices and not any("0x8" in line for line in choices)
 
 
 def test_our_table_deleted_behind_our_back_is_restored_by_the_next_full_sync(

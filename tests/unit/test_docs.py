@@ -47,3 +47,28 @@ def test_every_log_event_in_the_code_is_documented() -> None:
     assert found >= {"sync.done", "nftlb.operation", "service.problem"}
     for event in found:
         assert f"`{event}`" in text, event
+
+
+def test_the_flags_and_variables_conformance_md_names_exist_and_its_tests_too() -> None:
+    import re
+
+    from reconciler.cli.main import build_parser
+
+    text = (ROOT / "docs" / "conformance.md").read_text()
+    run = next(
+        a
+        for a in build_parser()._subparsers._group_actions[0].choices.values()  # type: ignore[union-attr]
+        if a.prog.endswith(" run")
+    )
+    flags = {o for action in run._actions for o in action.option_strings}
+    named = set(re.findall(r"`(--[a-z-]+)", text))
+    assert named >= {"--detect-local-mode", "--cluster-cidr", "--service-cidr", "--masquerade-all"}
+    assert named <= flags, named - flags
+    helps = " ".join(action.help or "" for action in run._actions)
+    for variable in set(re.findall(r"`(KUBE_NFTLB_[A-Z_]+)", text)):
+        assert variable in helps, variable
+    suite = (ROOT / "tests" / "e2e" / "test_conformance_e2e.py").read_text()
+    tests = set(re.findall(r"^def (test_\w+)", suite, re.M))
+    for name in re.findall(r"`(test_\w+)`", text):
+        assert name in tests, name
+    assert tests <= set(re.findall(r"`(test_\w+)`", text)), "every conformance test is listed"
