@@ -79,3 +79,22 @@ def bench(session: nox.Session) -> None:
         *session.posargs,
         external=True,
     )
+
+
+@nox.session(name="bench_table")
+def bench_table(session: nox.Session) -> None:
+    """The node rules' cost per sync (root): table inet kube-nftlb at 0, 1,000 and 5,000
+    Services with the real nft, in a private network namespace. See docs/benchmarks.md."""
+    if os.geteuid() != 0:
+        session.error(
+            "the benchmark needs root (it writes nftables in a private network namespace)"
+        )
+    session.run(
+        "unshare",
+        "-n",
+        sys.executable,
+        "-m",
+        "benchmarks.node_table",
+        *session.posargs,
+        external=True,
+    )

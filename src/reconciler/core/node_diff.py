@@ -26,6 +26,7 @@ from reconciler.core.node_rules import (
     Rule,
     ServiceRules,
     SetSpec,
+    element_order,
     normalise_network,
 )
 
@@ -50,7 +51,7 @@ def _verdict_json(text: str) -> Json:
 
 def _elements_json(spec: SetSpec, elements: Iterable[Element]) -> list[Json]:
     out: list[Json] = []
-    for e in sorted(elements):
+    for e in sorted(elements, key=element_order):
         k = _key_json(e.key)
         out.append([k, _verdict_json(e.verdict)] if spec.verdict_map else k)
     return out
@@ -172,6 +173,8 @@ class UnreadableTable(ValueError):
 
 def _key_of(raw: Json) -> Key:
     items = raw["concat"] if isinstance(raw, dict) and "concat" in raw else [raw]
+    if all(type(i) is str or type(i) is int for i in items):  # the common case, fast
+        return tuple(items)
     out: list[str | int] = []
     for item in items:
         if isinstance(item, dict) and "prefix" in item:
@@ -265,7 +268,9 @@ class RuleIndex:
 
     def _winner(self, slot: tuple[str, Key]) -> Element | None:
         held = self._verdicts.get(slot)
-        return min(held) if held else None
+        if not held:
+            return None
+        return next(iter(held)) if len(held) == 1 else min(held, key=lambda e: e.verdict)
 
     def replace(
         self, owner: Any, share: ServiceRules | None

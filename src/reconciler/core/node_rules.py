@@ -38,6 +38,7 @@ from attrs import field, frozen
 from reconciler.core.desired import Desired, frontend_farms, is_proxied
 from reconciler.core.endpoints import select_endpoints
 from reconciler.core.farms import Family, Farm
+from reconciler.core.ips import ip_info
 from reconciler.core.kube import ClusterState, Node, Service, parse_network
 
 TABLE_FAMILY = "inet"
@@ -170,7 +171,7 @@ class Chain:
         return (self.base, tuple(r.comment for r in self.rules))
 
 
-@frozen(order=True)
+@frozen(order=True, cache_hash=True)
 class Element:
     """One element: of set `set`, with `key`; `verdict` for maps ("drop", "goto:chain")."""
 
@@ -180,7 +181,7 @@ class Element:
 
 
 def _freeze_chains(chains: Iterable[Chain]) -> Mapping[str, Chain]:
-    return {c.name: c for c in sorted(chains)}
+    return {c.name: c for c in sorted(chains, key=lambda c: c.name)}
 
 
 @frozen
@@ -264,13 +265,18 @@ def pod_cidrs(config: NodeRulesConfig, family: Family, node: Node | None) -> tup
         source = node.pod_cidrs if node is not None else ()
     else:
         return ()
-    found = [c for c in source if ipaddress.ip_network(c).version == version]
+    found = [c for c in source if _version(c) == version]
     return tuple(found[:1])
+
+
+def _version(cidr: str) -> int:
+    """The IP version of canonical CIDR text (only IPv6 text holds a colon)."""
+    return 6 if ":" in cidr else 4
 
 
 def _service_cidrs(config: NodeRulesConfig, family: Family) -> tuple[str, ...]:
     version = 4 if family is Family.IPV4 else 6
-    return tuple(c for c in config.service_cidrs if ipaddress.ip_network(c).version == version)
+    return tuple(c for c in config.service_cidrs if _version(c) == version)
 
 
 # -- the skeleton: everything that does not depend on Services ---------------------------------
@@ -435,10 +441,10 @@ def service_rules(
     elements: set[Element] = set()
     chains: list[Chain] = []
     for ip in service.cluster_ips:
-        parsed = ipaddress.ip_address(ip) if ip not in ("None", "") else None
-        if parsed is not None:
-            family = Family.IPV4 if parsed.version == 4 else Family.IPV6
-            elements.add(Element(set_name("cluster-ips", family), (ip,)))
+        info = ip_info(ip)
+        if info is not None:
+            family = Family.of_version(info.version)
+            elements.add(Element(set_name("cluster-ips", family), (info.canonical,)))
     cluster_cache: dict[tuple[int, Family], tuple[Any, ...]] = {}
 
     def cluster_targets(index: int, family: Family) -> tuple[Any, ...]:
@@ -449,6 +455,7 @@ def service_rules(
         return cluster_cache[(index, family)]
 
     node_ips = set(node.ips(Family.IPV4) + node.ips(Family.IPV6)) if node is not None else set()
+    detects = {f: _detector(config, f, node) is not None for f in FAMILIES}
     for front in fronts:
         farm = front.farm
         address = farm.addresses[0]
@@ -459,14 +466,14 @@ def service_rules(
         local_policy = (
             service.external_traffic_policy if front.external else service.internal_traffic_policy
         ) == "Local"
-        cluster = cluster_targets(front.port_index, family)
         if not farm.backends:
-            verdict = "drop" if local_policy and cluster else "goto:reject"
+            has_any = local_policy and cluster_targets(front.port_index, family)
+            verdict = "drop" if has_any else "goto:reject"
             elements.add(Element(set_name("verdicts", family), key, verdict))
         elif not front.external:
             if config.masquerade_all:
                 elements.add(Element(set_name("masquerade", family), key, "goto:mark-masquerade"))
-            elif _detector(config, family, node) is not None:
+            elif detects[family]:
                 elements.add(
                     Element(set_name("masquerade", family), key, "goto:masquerade-cluster")
                 )
@@ -475,6 +482,7 @@ def service_rules(
         if front.external and local_policy:
             if farm.backends:
                 elements.add(Element(set_name("masquerade", family), key, "goto:masquerade-local"))
+            cluster = cluster_targets(front.port_index, family)
             if cluster:
                 name = "sc-" + farm.name
                 chains.append(_short_circuit_chain(name, farm, cluster))
@@ -510,7 +518,7 @@ def _host(ip: str) -> str:
 
 def _ranges_of(ranges: Iterable[str], family: Family) -> tuple[str, ...]:
     version = 4 if family is Family.IPV4 else 6
-    return tuple(r for r in ranges if ipaddress.ip_network(r).version == version)
+    return tuple(r for r in ranges if _version(r) == version)
 
 
 def _collapse(networks: Iterable[str]) -> tuple[str, ...]:
@@ -587,9 +595,17 @@ def desired_node_table(
 def _one_verdict_per_key(elements: Iterable[Element]) -> list[Element]:
     """A map key holds one verdict; should two Services ask for two, the smallest wins."""
     best: dict[tuple[str, Key], Element] = {}
-    for e in sorted(elements):
-        best.setdefault((e.set, e.key), e)
+    for e in elements:
+        slot = (e.set, e.key)
+        held = best.get(slot)
+        if held is None or e.verdict < held.verdict:
+            best[slot] = e
     return list(best.values())
+
+
+def element_order(e: Element) -> tuple[str, str, str]:
+    """A cheap total order for elements (attrs' generated ``<`` is slow at 10,000s)."""
+    return (e.set, repr(e.key), e.verdict)
 
 
 def normalise_network(text: str) -> str:
