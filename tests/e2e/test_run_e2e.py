@@ -325,3 +325,63 @@ def test_event_writes_that_hang_or_are_refused_never_delay_programming(
             assert posts < syncs
     finally:
         assert agent.stop() == 0
+
+
+MONITORING = Path(__file__).parents[2] / "deploy" / "helm" / "kube-nftlb" / "files"
+_SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count")}
+
+
+def _queried_metrics() -> set[str]:
+    """Every metric name in the dashboard's and the alerts' PromQL expressions."""
+    import re
+
+    import yaml
+
+    exprs: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in ("expr", "query") and isinstance(v, str):
+                    exprs.append(v)
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(json.loads((MONITORING / "dashboard.json").read_text()))
+    walk(yaml.safe_load((MONITORING / "alerts.yaml").read_text()))
+    assert len(exprs) > 10
+    names = set()
+    for expr in exprs:
+        expr = re.sub(r'"[^"]*"', '""', expr)  # label values
+        expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges
+        names |= set(re.findall(r"\b((?:kube_nftlb|kubeproxy|process|python)_[a-z0-9_]+)", expr))
+    return names
+
+
+def _served(text: str) -> set[str]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    served = set()
+    for family in text_string_to_metric_families(text):
+        served |= {s.name for s in family.samples}
+        served.add(family.name)
+        served |= {family.name + suffix for suffix in _SUFFIXES.get(family.type, ())}
+    return served
+
+
+def test_every_metric_the_dashboard_and_alerts_query_is_served(agent: Agent) -> None:
+    wait_until(lambda: agent.http("/readyz")[0] == 200, what="ready")
+    status, text = agent.http("/metrics")
+    assert status == 200
+    queried = _queried_metrics()
+    assert {
+        "kubeproxy_sync_proxy_rules_duration_seconds_bucket",
+        "kubeproxy_network_programming_duration_seconds_bucket",
+        "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+        "kube_nftlb_nftlb_requests_total",
+    } <= queried
+    missing = queried - _served(text)
+    assert not missing, f"queried but not served by a running agent: {sorted(missing)}"
+    assert "no_such_metric_total" not in _served(text)

@@ -134,6 +134,7 @@ def test_every_manifest_in_deploy_is_a_listed_resource() -> None:
     manifests = {
         p.relative_to(DEPLOY).as_posix()
         for p in DEPLOY.rglob("*")
+        if p.relative_to(DEPLOY).parts[0] != "helm"  # the chart (tests/unit/test_helm.py)
         if p.suffix in {".yaml", ".yml", ".json"} and p.name != "kustomization.yaml"
     }
     resources = _kustomization()["resources"]
@@ -201,7 +202,8 @@ def test_objects_live_in_the_namespace(objects: list[Obj]) -> None:
 def test_the_pod_runs_on_every_linux_node_in_the_host_network(objects: list[Obj], pod: Obj) -> None:
     ds = _one(objects, "DaemonSet")
     assert pod["hostNetwork"] is True
-    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    # The node's resolver, as kube-proxy's pods: cluster DNS is a Service kube-nftlb programs.
+    assert pod["dnsPolicy"] == "Default"
     assert pod["tolerations"] == [{"operator": "Exists"}]
     assert pod["priorityClassName"] == "system-node-critical"
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
@@ -263,7 +265,15 @@ def test_metrics_and_probes_are_on_loopback(pod: Obj) -> None:
     paths = {"livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": "/healthz"}
     for probe, path in paths.items():
         assert rec[probe]["httpGet"] == {"host": host, "port": int(port), "path": path}, probe
-    assert "livenessProbe" not in _container(pod, "nftlb")
+    assert "livenessProbe" not in _container(pod, "nftlb")  # a restart empties its tables
+    declared = {p["name"]: p for p in rec["ports"]}
+    assert declared["metrics"] == {"name": "metrics", "containerPort": int(port), "protocol": "TCP"}
+    nftlb_port = re.search(r"^PORT=\$\{NFTLB_PORT:-(\d+)\}$", START_SCRIPT.read_text(), re.M)
+    assert nftlb_port is not None
+    assert _container(pod, "nftlb")["readinessProbe"]["tcpSocket"] == {
+        "host": "127.0.0.1",
+        "port": int(nftlb_port.group(1)),
+    }
 
 
 # -- the pod: security ----------------------------------------------------------------------
@@ -306,9 +316,11 @@ def test_the_reconciler_declares_kube_proxys_health_port(pod: Obj) -> None:
     address = build_parser().parse_args(["run"]).healthz_bind_address
     env = _env(rec).get("KUBE_NFTLB_HEALTHZ_BIND_ADDRESS")
     address = env["value"] if env else address
-    assert rec["ports"] == [
+    healthz = [p for p in rec["ports"] if p["name"] == "healthz"]
+    assert healthz == [
         {"name": "healthz", "containerPort": int(address.rpartition(":")[2]), "protocol": "TCP"}
     ]
+    assert {p["name"] for p in rec["ports"]} == {"healthz", "metrics"}
 
 
 def test_nftlb_is_root_only_for_its_capability_and_shares_the_reconcilers_group(pod: Obj) -> None:
