@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 from tests.e2e.test_run_e2e import EXAMPLES, WEB, Agent, backends, wait_until
 
@@ -93,3 +94,40 @@ def test_a_loopback_load_balancer_ip_cannot_capture_the_key(
         wait_until(lambda: backends(agent, WEB) == ["10.244.1.11", "10.244.2.14"], what="change")
         wait_until(lambda: agent.http("/readyz")[0] == 200, what="ready")
         assert not agent.events("sync.failed")
+
+
+def test_a_farm_named_with_a_trailing_newline_stops_nothing(
+    tmp_path: Path, api: FakeApiServer, clean_daemon: NftlbDaemon
+) -> None:
+    """It passed the `^...$` name checks, so the agent sent DELETE for it; httpx refused the
+    URL with an exception nobody caught, and the sync thread died with /readyz still 200."""
+    odd = "k8s.default.ghost.http.tcp.v4.habcdefghijk\n"  # a shortened name, and a newline
+    body = {"farms": [{"name": odd, "state": "up"}]}
+    headers = {"Key": clean_daemon.key}
+    assert httpx.post(clean_daemon.url + "/farms", json=body, headers=headers).status_code == 200
+    with clean_daemon.client() as c:
+        assert odd in [f["name"] for f in c.get_farms_document()["farms"]]
+    api.seed(load_paths([EXAMPLES]))
+    with running(tmp_path, api, clean_daemon) as agent:
+        wait_until(lambda: WEB in agent.farms(), what="web programmed")
+        wait_until(lambda: agent.http("/readyz")[0] == 200, what="ready")
+        api.apply(web_slice(["10.244.2.14"]))
+        wait_until(lambda: backends(agent, WEB) == ["10.244.2.14"], what="a later change")
+        with clean_daemon.client() as c:
+            assert odd in [f["name"] for f in c.get_farms_document()["farms"]], "not ours"
+        assert not agent.events("sync.crashed") and not agent.events("sync.failed")
+    clean_daemon.restart()  # no URL can name it: only a restart empties nftlb of it
+
+
+def test_a_non_ascii_key_file_is_a_clear_start_up_error(
+    tmp_path: Path, api: FakeApiServer, clean_daemon: NftlbDaemon
+) -> None:
+    key = tmp_path / "key"
+    key.write_text(clean_daemon.key + "é\n")
+    agent = Agent(tmp_path, api, clean_daemon, key_file=key)
+    agent.start()
+    assert agent.process is not None
+    assert agent.process.wait(timeout=30) == 2
+    agent.process = None
+    text = agent.logs[-1].read_text()
+    assert "not printable ASCII" in text and str(key) in text

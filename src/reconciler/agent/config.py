@@ -45,15 +45,27 @@ def duration(text: str) -> float:
 
 
 def read_key(path: str) -> str:
+    """The key, or a ConfigError that says what is wrong with the file.
+
+    The key travels in nftlb's ``Key:`` HTTP header, which takes printable ASCII only: a key
+    with any other byte used to pass here and fail every request deep in the sync loop.
+    """
     try:
-        key = Path(path).read_text(encoding="utf-8").strip()
+        raw = Path(path).read_bytes().strip()
     except OSError as e:
         raise ConfigError(f"cannot read the nftlb key file {path}: {e.strerror}") from e
-    if not key:
+    if not raw:
         raise ConfigError(f"the nftlb key file {path} is empty")
-    if "\n" in key or "\r" in key:
+    if b"\n" in raw or b"\r" in raw:
         raise ConfigError(f"the nftlb key file {path} holds more than one line")
-    return key
+    bad = next((i for i, byte in enumerate(raw) if not 0x20 <= byte <= 0x7E), None)
+    if bad is not None:
+        raise ConfigError(
+            f"the nftlb key file {path} holds a byte that is not printable ASCII "
+            f"({raw[bad]:#04x} at offset {bad}); the key is sent in an HTTP header, which "
+            "takes printable ASCII only"
+        )
+    return raw.decode("ascii")
 
 
 def kube_api_client(kubeconfig: str | None) -> Any:

@@ -335,7 +335,7 @@ class Controller:
             kind = self._wait_for_work()
             if kind is None:
                 continue
-            result = self.sync_full() if kind == "full" else self.sync_partial()
+            result = self._sync_guarded(kind)
             if result.ok:
                 self._failures = 0
             else:
@@ -345,6 +345,36 @@ class Controller:
                     self.settings.backoff_initial * 2 ** (self._failures - 1),
                 )
                 self._stop.wait(delay)
+
+    def _sync_guarded(self, kind: str) -> SyncResult:
+        """One sync; an exception nobody expected fails this sync only, never the loop.
+
+        Before this, one (a farm name ending in a newline, which httpx refused as a URL) killed
+        the sync thread for good while /readyz stayed 200 (issue 16). The caches of the
+        partial syncs may be half updated, so the next sync is a full one computed afresh.
+        """
+        started = time.perf_counter()
+        try:
+            return self.sync_full() if kind == "full" else self.sync_partial()
+        except Exception as e:
+            self.ready = False
+            with self._cond:
+                self._full_needed = True
+                self._inputs = {}
+            self.metrics.sync_errors.labels(kind=kind).inc()
+            self.metrics.unexpected_errors.labels(where="sync").inc()
+            self.log.error(
+                "sync.crashed",
+                exc_info=True,
+                kind=kind,
+                error=str(e),
+                error_type=type(e).__name__,
+                hint="a bug: please report it with this log line; retrying with backoff",
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+            result = SyncResult(kind, ok=False, error=f"{type(e).__name__}: {e}")
+            self.last_result = result
+            return result
 
     def _wait_for_work(self) -> str | None:
         with self._cond:

@@ -149,6 +149,12 @@ class Metrics:
         self.sync_errors = Counter(
             f"{p}sync_errors_total", "Syncs that failed, by kind.", ["kind"], registry=r
         )
+        self.unexpected_errors = Counter(
+            f"{p}unexpected_errors_total",
+            "Exceptions no handler expected (a bug), caught so that the loop goes on, by where.",
+            ["where"],
+            registry=r,
+        )
         self.watch_restarts = Counter(
             f"{p}watch_restarts_total",
             "Watches restarted, by resource and reason.",

@@ -46,7 +46,7 @@ from reconciler.core.names import (
 from reconciler.core.problems import ObjectRef, Problem
 
 SERVICE_PROXY_NAME = "service.kubernetes.io/service-proxy-name"
-_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
 @frozen
@@ -229,7 +229,7 @@ def _service_farms(
     service: Service, state: ClusterState, node_name: str, problems: list[Problem]
 ) -> list[Farm]:
     ref = _ref(service)
-    if not (_DNS_LABEL.match(service.namespace) and _DNS_LABEL.match(service.name)):
+    if not (_DNS_LABEL.fullmatch(service.namespace) and _DNS_LABEL.fullmatch(service.name)):
         problems.append(Problem(ref, "InvalidName", "namespace and name must be DNS labels"))
         return []
     options, option_problems = farm_options(service)
@@ -245,7 +245,7 @@ def _service_farms(
     seen_ports: set[str] = set()
     for port in service.ports:
         segment = port_segment(port.name, port.port)
-        if not _DNS_LABEL.match(segment) or len(segment) > 15:
+        if not _DNS_LABEL.fullmatch(segment) or len(segment) > 15:
             problems.append(
                 Problem(ref, "InvalidPort", f"port name {port.name!r} is not a valid port name")
             )

@@ -122,10 +122,10 @@ DEFAULT_PERSIST_TTL = 60
 DEFAULT_AFFINITY_TIMEOUT = 10800
 MAX_PERSIST_TTL = 86400
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 #: Address and backend names are only used in JSON and URLs, never in nft, so they may be longer;
 #: the URL limit (199 characters in all) bounds them.
-OBJECT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,119}$")
+OBJECT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")
 
 
 def canonical_tokens(tokens: Iterable[str], order: Sequence[str]) -> tuple[str, ...]:
@@ -228,7 +228,7 @@ def _ip_family(ip: str) -> Family | None:
 def validate_farm(farm: Farm) -> list[str]:
     """Everything that would make nftlb silently drop or corrupt this farm, as messages."""
     errors: list[str] = []
-    if not NAME_RE.match(farm.name):
+    if not NAME_RE.fullmatch(farm.name):
         errors.append(f"farm name {farm.name!r} is not 1-63 characters of [A-Za-z0-9._-]")
     if len(farm.addresses) != 1:
         errors.append("a farm has exactly one frontend (nftlb 1.0.7 mishandles several addresses)")
@@ -251,7 +251,7 @@ def validate_farm(farm: Farm) -> list[str]:
     if len(set(marks)) != len(marks):
         errors.append("backend marks are not unique")
     for b in farm.backends:
-        if not OBJECT_NAME_RE.match(b.name):
+        if not OBJECT_NAME_RE.fullmatch(b.name):
             errors.append(f"backend name {b.name!r} is not URL safe")
         if _ip_family(b.ip) is not farm.family:
             errors.append(f"backend {b.name}: {b.ip!r} is not a canonical {farm.family} address")

@@ -28,10 +28,10 @@ OWNED_PREFIX = "k8s."
 MAX_NAME = 63
 #: Frontend kinds and the letter their farm names carry.
 NODE_PORT, EXTERNAL_IP, LOAD_BALANCER = "n", "x", "l"
-_FRONTEND_RE = re.compile(r"^[nxl][a-z2-7]{6}$")
+_FRONTEND_RE = re.compile(r"[nxl][a-z2-7]{6}")
 _HASH_LEN = 11
-_SHORT_RE = re.compile(r"^k8s\.[A-Za-z0-9._-]*\.h[a-z2-7]{11}$")
-_SEGMENT_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+_SHORT_RE = re.compile(r"k8s\.[A-Za-z0-9._-]*\.h[a-z2-7]{11}")
+_SEGMENT_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 
 
 def _digest(text: str, length: int) -> str:
@@ -93,9 +93,9 @@ def parse_farm_name(name: str) -> FarmKey | None:
     if len(parts) not in (6, 7) or parts[0] != "k8s" or len(name) > MAX_NAME:
         return None
     _, namespace, service, port, protocol, family, *scope = parts
-    if not all(_SEGMENT_RE.match(p) for p in (namespace, service, port)):
+    if not all(_SEGMENT_RE.fullmatch(p) for p in (namespace, service, port)):
         return None
-    if scope and not _FRONTEND_RE.match(scope[0]):
+    if scope and not _FRONTEND_RE.fullmatch(scope[0]):
         return None
     try:
         proto = Protocol(protocol)
@@ -107,12 +107,14 @@ def parse_farm_name(name: str) -> FarmKey | None:
 
 
 def is_shortened(name: str) -> bool:
-    return bool(_SHORT_RE.match(name)) and len(name) <= MAX_NAME
+    return bool(_SHORT_RE.fullmatch(name)) and len(name) <= MAX_NAME
 
 
 def is_owned(name: str) -> bool:
     """Owned farms are ours to change and delete; everything else in nftlb is left alone."""
-    return bool(NAME_RE.match(name)) and (parse_farm_name(name) is not None or is_shortened(name))
+    return bool(NAME_RE.fullmatch(name)) and (
+        parse_farm_name(name) is not None or is_shortened(name)
+    )
 
 
 def address_name(farm: str) -> str:

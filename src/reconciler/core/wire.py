@@ -79,8 +79,8 @@ FIELD_KEYS: dict[str, str] = {
 }
 assert tuple(FIELD_KEYS) == FARM_FIELDS, "wire.FIELD_KEYS must follow farms.FARM_FIELDS"
 
-_INT_RE = re.compile(r"^(0|[1-9][0-9]*)$")
-_HEX_RE = re.compile(r"^0x[0-9a-f]+$")
+_INT_RE = re.compile(r"(0|[1-9][0-9]*)")
+_HEX_RE = re.compile(r"0x[0-9a-f]+")
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,7 +182,7 @@ def safe_path(*segments: str) -> str:
     if not segments:
         raise ValueError("a path needs at least one segment")
     for segment in segments:
-        if not segment or not OBJECT_NAME_RE.match(segment):
+        if not segment or not OBJECT_NAME_RE.fullmatch(segment):
             raise ValueError(f"unsafe URL segment {segment!r}")
     path = "/" + "/".join(segments)
     if len(path) > MAX_URI:
@@ -192,7 +192,7 @@ def safe_path(*segments: str) -> str:
 
 def farm_path(farm_name: str, *rest: str) -> str:
     """A path under ``/farms/<farm>``; the farm name must also be nft safe (`farms.NAME_RE`)."""
-    if not NAME_RE.match(farm_name):
+    if not NAME_RE.fullmatch(farm_name):
         raise ValueError(f"unsafe farm name {farm_name!r}")
     return safe_path("farms", farm_name, *rest)
 
@@ -227,7 +227,7 @@ class Request:
 def post_farms_request(bodies: Sequence[JSONObject]) -> Request:
     for body in bodies:
         name = body.get("name")
-        if not isinstance(name, str) or not NAME_RE.match(name) or next(iter(body)) != "name":
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name) or next(iter(body)) != "name":
             raise ValueError(f"farm body without a safe leading name: {name!r}")
     return Request("POST", FARMS_PATH, {"farms": list(bodies)})
 
@@ -291,7 +291,7 @@ def _str(obj: Mapping[str, Any], key: str, default: str | None = None) -> str:
 
 
 def _int_or(text: object, fallback: int) -> int:
-    if isinstance(text, str) and _INT_RE.match(text):
+    if isinstance(text, str) and _INT_RE.fullmatch(text):
         return int(text)
     return fallback
 
@@ -321,7 +321,7 @@ def _parse_backend(obj: Mapping[str, Any]) -> Backend:
     port = _int_or(obj.get("port"), UNUSABLE_PORT)
     weight = _int_or(obj.get("weight"), 0)
     mark_text = obj.get("mark")
-    mark = int(mark_text, 16) if isinstance(mark_text, str) and _HEX_RE.match(mark_text) else 0
+    mark = int(mark_text, 16) if isinstance(mark_text, str) and _HEX_RE.fullmatch(mark_text) else 0
     usable = (
         obj.get("state") in ("up", "available")
         and isinstance(ip, str)

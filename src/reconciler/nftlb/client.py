@@ -299,6 +299,8 @@ class NftlbClient:
     ) -> None:
         if not key or any(c in key for c in "\r\n") or key != key.strip():
             raise ValueError("the nftlb key must be one line without surrounding blanks")
+        if not all(" " <= c <= "~" for c in key):
+            raise ValueError("the nftlb key must be printable ASCII (it is sent in a header)")
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
         self.url = url.rstrip("/")
@@ -585,7 +587,11 @@ class NftlbClient:
         """Create farms in chunks; returns how many chunks had to be isolated farm by farm."""
         farms = []
         for op in ops:
-            if op.farm is None or op.farm.name != op.farm_name or not NAME_RE.match(op.farm_name):
+            if (
+                op.farm is None
+                or op.farm.name != op.farm_name
+                or not NAME_RE.fullmatch(op.farm_name)
+            ):
                 problem = ValueError("no farm, or a name that is not nft and URL safe")
                 failures.append(_refused(op.farm_name, op.kind, problem))
             else:

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 
 from .errors import ApiError
 
-_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 _SPECIAL = "!=(),<>"
 _OPERATORS = ("=", "==", "!=", "in", "notin", ">", "<")
 
@@ -55,15 +55,15 @@ def _lex(text: str) -> list[tuple[str, str]]:
 
 def _check_key(key: str) -> None:
     prefix, _, name = key.rpartition("/")
-    ok = bool(_NAME.match(name)) and len(name) <= 63
+    ok = bool(_NAME.fullmatch(name)) and len(name) <= 63
     if prefix or "/" in key:
-        ok = ok and bool(_DNS_SUBDOMAIN.match(prefix)) and len(prefix) <= 253
+        ok = ok and bool(_DNS_SUBDOMAIN.fullmatch(prefix)) and len(prefix) <= 253
     if not ok:
         raise _error(f"unable to parse requirement: invalid label key {key!r}")
 
 
 def _check_value(key: str, value: str) -> None:
-    if len(value) > 63 or not _VALUE.match(value):
+    if len(value) > 63 or not _VALUE.fullmatch(value):
         raise _error(
             f'unable to parse requirement: invalid label value: "{value}": at key: "{key}"'
         )
