@@ -40,7 +40,7 @@ def test_every_example_farm_is_applied_read_back_equal_in_the_kernel_and_up(
     states = {b["state"] for f in client.get_farms_document()["farms"] for b in f["backends"]}
     assert states == {"up"}
 
-    args = ["--nftlb", clean_daemon.url, "--nftlb-key-file", str(clean_daemon.key_file)]
+    args = ["--nftlb-url", clean_daemon.url, "--nftlb-key-file", str(clean_daemon.key_file)]
     same = kube_nftlb("diff", "-f", str(EXAMPLES), *args)
     assert same.returncode == 0, same.stderr
     assert same.stdout.startswith("No changes")

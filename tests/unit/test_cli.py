@@ -149,7 +149,7 @@ def test_a_missing_or_wrong_local_traffic_setting_is_a_start_up_error_naming_the
 def test_the_local_traffic_settings_come_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from reconciler.cli.main import build_parser
+    from reconciler.cli.main import build_parser, resolve
 
     for name, value in (
         ("KUBE_NFTLB_DETECT_LOCAL_MODE", "NodeCIDR"),
@@ -161,6 +161,7 @@ def test_the_local_traffic_settings_come_from_the_environment(
     ):
         monkeypatch.setenv(name, value)
     args = build_parser().parse_args(["run"])
+    resolve(args)
     assert (
         args.detect_local_mode,
         args.cluster_cidr,
@@ -168,4 +169,412 @@ def test_the_local_traffic_settings_come_from_the_environment(
         args.pod_interface_name_prefix,
         args.service_cidr,
         args.masquerade_all,
-    ) == ("NodeCIDR", "10.1.0.0/16", "cni0", "cali", "10.96.0.0/12", "true")
+    ) == ("NodeCIDR", "10.1.0.0/16", "cni0", "cali", "10.96.0.0/12", True)
+
+
+# -- errors that leak or lie: exit 2 and one line naming the culprit, never a traceback --------
+
+
+def _one_clear_line(err: str, *named: str) -> None:
+    lines = [line for line in err.splitlines() if line.startswith("kube-nftlb: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err, err
+    for n in named:
+        assert n in lines[0], (n, err)
+
+
+def _kubeconfig_nowhere(tmp_path: Path) -> str:
+    import json as _json
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "u", "user": {}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    }
+    path = tmp_path / "kubeconfig"
+    path.write_text(_json.dumps(doc))
+    return str(path)
+
+
+def _closed_url() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+WEB = str(EXAMPLES / "10-web.yaml")
+
+
+def test_diff_key_file_missing_or_of_two_lines_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing-key"
+    code, _, err = run(
+        capsys, "diff", "-f", WEB, "--nftlb-url", _closed_url(), "--nftlb-key-file", str(missing)
+    )
+    assert code == 2
+    _one_clear_line(err, "--nftlb-key-file", str(missing))
+    two = tmp_path / "key"
+    two.write_text("a\nb\n")
+    code, _, err = run(
+        capsys, "diff", "-f", WEB, "--nftlb-url", _closed_url(), "--nftlb-key-file", str(two)
+    )
+    assert code == 2
+    _one_clear_line(err, str(two), "more than one line")
+
+
+def test_an_unreachable_nftlb_exits_2_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "key"
+    key.write_text("k\n")
+    url = _closed_url()
+    code, _, err = run(capsys, "diff", "-f", WEB, "--nftlb-url", url, "--nftlb-key-file", str(key))
+    assert code == 2
+    _one_clear_line(err, url)
+
+
+@pytest.mark.parametrize("command", ["render", "diff"])
+def test_an_unreachable_cluster_exits_2_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    code, out, err = run(capsys, command, "--kubeconfig", _kubeconfig_nowhere(tmp_path))
+    assert code == 2 and out == ""
+    _one_clear_line(err, "cannot reach the Kubernetes API at http://127.0.0.1:")
+
+
+def test_a_cluster_that_refuses_the_list_exits_2_with_the_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeApiServer() as fake:
+        fake.fail_next("list", 403, "endpointslices")
+        code, _, err = run(capsys, "render", "--kubeconfig", fake.write_kubeconfig(tmp_path / "kc"))
+    assert code == 2
+    _one_clear_line(err, "endpointslices", "403", "RBAC")
+
+
+@pytest.mark.parametrize(
+    "state",
+    ['{"farms":[{"name":1}]}', '{"farms":[1]}', '{"farms":"x"}', "[]", "not json", ""],
+)
+def test_a_bad_saved_state_exits_2_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], state: str
+) -> None:
+    path = tmp_path / "farms.json"
+    path.write_text(state)
+    code, _, err = run(capsys, "diff", "-f", WEB, "--state", str(path))
+    assert code == 2
+    _one_clear_line(err, str(path))
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("KUBE_NFTLB_LOG_LEVEL", "verbose"),
+        ("KUBE_NFTLB_LOG_FORMAT", "text"),
+        ("KUBE_NFTLB_RESYNC_PERIOD", "0"),
+        ("KUBE_NFTLB_RESYNC_PERIOD", "-5s"),
+        ("KUBE_NFTLB_RESYNC_PERIOD", "30"),
+        ("KUBE_NFTLB_METRICS_ADDRESS", "nonsense"),
+        ("KUBE_NFTLB_CONNTRACK_CLEANUP", "maybe"),
+        ("KUBE_NFTLB_NFTLB_URL", "ftp://x"),
+    ],
+)
+def test_environment_variables_are_checked_as_their_flags(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    value: str,
+) -> None:
+    from reconciler.agent.config import RUN_SETTINGS, Setting
+
+    monkeypatch.setenv(name, value)
+    code, _, err = run(capsys, "run", "--node-name", "n")
+    assert code == 2
+    _one_clear_line(err, name, repr(value))
+    monkeypatch.delenv(name)
+    flag = next(
+        s.flag
+        for s in (*RUN_SETTINGS, *_all_settings())
+        if isinstance(s, Setting) and s.env == name
+    )
+    code, _, err = run(capsys, "run", "--node-name", "n", f"{flag}={value}")
+    assert code == 2
+    _one_clear_line(err, flag, repr(value))
+
+
+def _all_settings() -> list[object]:
+    from reconciler.cli.main import SETTINGS_OF, build_parser
+
+    build_parser()
+    return [s for ss in SETTINGS_OF.values() for s in ss]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--resync-period", "0"),
+        ("--resync-period", "-5s"),
+        ("--min-sync-interval", "0s"),
+        ("--watch-timeout", "1x"),
+        ("--watch-stall-timeout", "-1m"),
+        ("--nftlb-key-wait", "-1s"),
+        ("--metrics-address", "nonsense"),
+        ("--metrics-address", "localhost:9195"),
+        ("--metrics-address", "::1:9195"),
+        ("--healthz-bind-address", "1.2.3.4:99999"),
+        ("--health-check-node-port-address", "here"),
+        ("--log-level", "verbose"),
+    ],
+)
+def test_bad_run_flags_exit_2_before_start_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    code, out, err = run(capsys, "run", "--node-name", "n", f"{flag}={value}")
+    assert code == 2 and out == ""  # nothing logged: refused before start-up
+    _one_clear_line(err, flag, repr(value))
+
+
+def test_go_durations_parse_as_kube_proxys_flags() -> None:
+    from reconciler.agent.config import go_duration, positive_duration
+
+    assert go_duration("1m30s") == 90
+    assert go_duration("1.5h") == 5400
+    assert go_duration("300ms") == pytest.approx(0.3)
+    assert go_duration("2h45m0.5s") == pytest.approx(9900.5)
+    assert go_duration("0") == 0
+    assert go_duration("-1s") == -1
+    for bad in ("30", "", "s", "1m30", "1 m", "1d", "ms"):
+        with pytest.raises(ValueError, match=r"duration|unit"):
+            go_duration(bad)
+    with pytest.raises(ValueError, match="positive"):
+        positive_duration("0s")
+
+
+def test_listen_addresses_take_ipv6_in_brackets() -> None:
+    from reconciler.agent.config import listen_address, listen_text
+
+    assert listen_address("[::1]:9195") == ("::1", 9195)
+    assert listen_address(":9195") == ("", 9195)
+    assert listen_address("") is None
+    assert listen_text("[0:0::1]:80") == "[::1]:80"
+    assert listen_text("127.0.0.1:0") == "127.0.0.1:0"
+
+
+def test_the_metrics_server_serves_on_ipv6_loopback() -> None:
+    import socket
+    import urllib.request
+
+    from reconciler.agent.config import listen_text
+    from reconciler.agent.metrics import HealthServer, Metrics
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    server = HealthServer(Metrics(), listen_text("[::1]:0"), lambda: True, lambda: True)
+    try:
+        server.start()
+    except OSError as e:  # pragma: no cover - a host without ::1
+        pytest.skip(f"no ::1: {e}")
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{server.port}/healthz", timeout=5) as r:
+            assert r.status == 200
+    finally:
+        server.stop()
+
+
+# -- silent wrong answers ----------------------------------------------------------------------
+
+
+def _broken_owned_farm_state(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """The example's farms as nftlb holds them, plus an owned farm in a shape the model cannot
+    read (two address objects)."""
+    _, out, _ = run(capsys, "render", "-f", WEB)
+    doc = json.loads(out)
+    broken = dict(doc["farms"][0], name="k8s.default.gone.http.tcp.v4")
+    broken["addresses"] = [{"name": "a"}, {"name": "b"}]
+    doc["farms"].append(broken)
+    path = tmp_path / "farms.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_diff_plans_the_deletion_of_an_unreadable_owned_farm_as_run_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from reconciler.core.wire import parse_farms
+
+    state = _broken_owned_farm_state(tmp_path, capsys)
+    assert parse_farms(json.loads(state.read_text())).unparsable == (
+        "k8s.default.gone.http.tcp.v4",
+    )
+    code, out, _ = run(capsys, "diff", "-f", WEB, "--state", str(state), "-o", "json")
+    doc = json.loads(out)
+    assert code == 1
+    assert [(o["op"], o["farm"]) for o in doc["operations"]] == [
+        ("delete-farm", "k8s.default.gone.http.tcp.v4")
+    ]
+
+
+@pytest.mark.parametrize("content", ["", "---\n", "# nothing\n"])
+def test_empty_input_is_an_error_as_kubectl_says(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str
+) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(content)
+    for command in ("render", "diff"):
+        code, out, err = run(capsys, command, "-f", str(empty))
+        assert code == 2 and out == ""
+        _one_clear_line(err, "no objects passed", str(empty))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "README.md").write_text("# not a manifest\n")
+    code, _, err = run(capsys, "render", "-f", str(folder))
+    assert code == 2
+    _one_clear_line(err, "no objects passed", str(folder))
+
+
+def test_a_misspelt_kind_is_reported_naming_file_and_document(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "svc.yaml"
+    path.write_text(
+        Path(WEB).read_text().replace("kind: Service\n", "kind: Servcie\n", 1)
+        + "---\nkind: ConfigMap\napiVersion: v1\nmetadata: {name: c}\n"
+    )
+    code, _, err = run(capsys, "render", "-f", str(path))
+    assert code == 0
+    assert f"{path}: document 1: kind 'Servcie' is not read; did you mean 'Service'?" in err
+    assert "ConfigMap (1)" in err
+
+
+def test_a_node_name_that_names_no_node_is_said(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, _, err = run(capsys, "render", "-f", str(EXAMPLES), "--node-name", "node-9")
+    assert code == 0 and "no Node named 'node-9' in the input" in err
+    monkeypatch.setenv("NODE_NAME", "node-8")
+    code, _, err = run(capsys, "render", "-f", str(EXAMPLES))
+    assert code == 0 and "no Node named 'node-8'" in err
+    monkeypatch.delenv("NODE_NAME")
+    code, _, err = run(capsys, "render", "-f", str(EXAMPLES))
+    assert code == 0 and "no Node named" not in err and "warning" not in err
+
+
+def test_diff_without_a_target_says_it_compares_with_an_empty_nftlb(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBE_NFTLB_NFTLB_URL", raising=False)
+    code, _, err = run(capsys, "diff", "-f", WEB)
+    assert code == 1 and "comparing with an empty nftlb" in err
+
+
+def test_diff_honours_the_daemonsets_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the pod, `kube-nftlb diff` reads nftlb where run does: KUBE_NFTLB_NFTLB_URL."""
+    key = tmp_path / "key"
+    key.write_text("k\n")
+    url = _closed_url()
+    monkeypatch.setenv("KUBE_NFTLB_NFTLB_URL", url)
+    monkeypatch.setenv("KUBE_NFTLB_NFTLB_KEY_FILE", str(key))
+    code, _, err = run(capsys, "diff", "-f", WEB)
+    assert code == 2
+    _one_clear_line(err, url)
+    state = _broken_owned_farm_state(tmp_path, capsys)
+    code, _, err = run(capsys, "diff", "-f", WEB, "--state", str(state))
+    assert code == 1, err  # a flag wins over the environment
+    code, _, err = run(capsys, "diff", "-f", WEB, "--state", str(state), "--nftlb-url", url)
+    assert code == 2
+    _one_clear_line(err, "--state", "--nftlb-url")
+
+
+def test_a_key_file_without_an_nftlb_url_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBE_NFTLB_NFTLB_URL", raising=False)
+    key = tmp_path / "key"
+    key.write_text("k\n")
+    code, _, err = run(capsys, "diff", "-f", WEB, "--nftlb-key-file", str(key))
+    assert code == 2
+    _one_clear_line(err, "--nftlb-key-file", "--nftlb-url")
+
+
+def test_a_folder_skips_hidden_entries_and_virtual_environments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "web.yaml").write_text(Path(WEB).read_text())
+    for junk in (".venv/lib", ".git", "venv/lib"):
+        (tmp_path / junk).mkdir(parents=True)
+        (tmp_path / junk / "bad.yaml").write_text("kind: [unclosed\n")
+    (tmp_path / "venv" / "pyvenv.cfg").write_text("home = /usr\n")
+    (tmp_path / ".hidden.yaml").write_text("kind: [unclosed\n")
+    code, out, err = run(capsys, "render", "-f", str(tmp_path))
+    assert code == 0, err
+    assert "k8s.default.web.http.tcp.v4" in out
+
+
+def test_dash_reads_standard_input(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(Path(WEB).read_text()))
+    code, out, _ = run(capsys, "render", "-f", "-")
+    assert code == 0 and "k8s.default.web.http.tcp.v4" in out
+    monkeypatch.setattr("sys.stdin", io.StringIO("kind: [x\n"))
+    code, _, err = run(capsys, "render", "-f", "-")
+    assert code == 2
+    _one_clear_line(err, "<stdin>", "document 1")
+
+
+def test_the_informers_errors_are_logged_with_their_status(tmp_path: Path) -> None:
+    """A 403 from missing RBAC is a warning naming the resource and the status, not only an
+    info line `watch.restart reason=error`."""
+    import io
+    import time
+
+    from reconciler.agent.config import kube_api_client
+    from reconciler.agent.controller import Settings
+    from reconciler.agent.daemon import Daemon, DaemonOptions
+    from reconciler.agent.logs import configure
+
+    stream = io.StringIO()
+    configure("json", "info", stream)
+    with FakeApiServer() as fake:
+        fake.fail_next("list", 403, "endpointslices", times=100)
+        api = kube_api_client(fake.write_kubeconfig(tmp_path / "kc"))
+        options = DaemonOptions(
+            Settings(node_name="node-1"),
+            _closed_url(),
+            "k",
+            "",
+            healthz_address="",
+            health_check_host=None,
+            conntrack_cleanup=False,
+            events=False,
+        )
+        daemon = Daemon(options, api)
+        daemon.start(loop=False)
+        try:
+            deadline = time.monotonic() + 10
+            while "watch.error" not in stream.getvalue() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            daemon.stop()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert lines[0]["event"] == "daemon.start" and lines[0]["version"]
+    errors = [line for line in lines if line["event"] == "watch.error"]
+    assert errors, lines
+    first = errors[0]
+    assert first["level"] == "warning" and first["resource"] == "endpointslices"
+    assert first["status"] == 403 and "RBAC" in first["hint"]

@@ -392,3 +392,30 @@ def test_a_full_sync_recomputes_only_services_whose_objects_changed(
     assert result.ok and result.requests == 1
     assert computed == ["s3"]
     assert len(w.farms()["k8s.default.s3.http.tcp.v4"].backends) == 2
+
+
+def _sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels or None)
+    return 0.0 if value is None else value
+
+
+def test_actual_farms_and_requests_count_what_nftlb_holds_and_every_request() -> None:
+    """`kube_nftlb_actual_farms` is what nftlb holds after the sync (not before its plan), and
+    the read-back GET is a request like any other."""
+    w = World()
+    metrics = w.controller.metrics
+    w.put_service(service())
+    w.put_service(service("api", "10.96.0.2"))
+    w.put_slice(eps("web", "10.1.0.1"))
+    assert w.controller.sync_full().ok
+    sent = len(w.model.requests)
+    assert _sample(metrics, "kube_nftlb_nftlb_requests_total", outcome="success") == sent
+    assert _sample(metrics, "kube_nftlb_actual_farms") == len(w.farms()) == 2
+    w.services.items.pop(("default", "api"))
+    w.controller.on_service(("default", "api"), service("api", "10.96.0.2"), None)
+    assert w.controller.sync_partial().ok
+    assert _sample(metrics, "kube_nftlb_actual_farms") == len(w.farms()) == 1
+    w.model.requests.clear()
+    assert w.controller.sync_full().ok
+    assert _sample(metrics, "kube_nftlb_actual_farms") == 1
+    assert len(w.model.requests) == 1  # the read-back alone

@@ -232,8 +232,11 @@ def test_resources_have_requests_and_limits(pod: Obj) -> None:
 
 
 def _run_env_names() -> set[str]:
-    """The environment variables `kube-nftlb run` reads (cli.py: env("NAME", default))."""
-    names = set(re.findall(r'env\(\s*"([A-Z][A-Z0-9_]*)"', (SRC / "cli" / "main.py").read_text()))
+    """The environment variables `kube-nftlb run` reads: its settings' (agent/config.py)."""
+    from reconciler.cli.main import SETTINGS_OF, build_parser
+
+    build_parser()
+    names = {s.env for s in SETTINGS_OF["run"]}
     assert {"NODE_NAME", "KUBE_NFTLB_NFTLB_URL", "KUBE_NFTLB_NFTLB_KEY_FILE"} <= names
     return names
 
@@ -310,10 +313,12 @@ def test_reconciler_is_root_only_for_its_capability(pod: Obj) -> None:
 
 
 def test_the_reconciler_declares_kube_proxys_health_port(pod: Obj) -> None:
-    from reconciler.cli.main import build_parser
+    from reconciler.cli.main import build_parser, resolve
 
     rec = _container(pod, "reconciler")
-    address = build_parser().parse_args(["run"]).healthz_bind_address
+    args = build_parser().parse_args(["run"])
+    resolve(args, {})
+    address = args.healthz_bind_address
     env = _env(rec).get("KUBE_NFTLB_HEALTHZ_BIND_ADDRESS")
     address = env["value"] if env else address
     healthz = [p for p in rec["ports"] if p["name"] == "healthz"]
@@ -718,8 +723,11 @@ def test_install_guide_uses_only_commands_and_settings_that_exist(pod: Obj) -> N
             pytest.fail(f"docs/install.md: `kube-nftlb {command}` does not parse")
     for name in set(re.findall(r"\b(KUBE_NFTLB_[A-Z_]+)", text)):
         assert name in _run_env_names(), name
-    rec = _container(pod, "reconciler")
-    assert f"--nftlb-key-file {_env(rec)['KUBE_NFTLB_NFTLB_KEY_FILE']['value']}" in joined
+    # `kube-nftlb diff` in the pod reads nftlb where `run` does, from the DaemonSet's env.
+    rec = _env(_container(pod, "reconciler"))
+    assert {"KUBE_NFTLB_NFTLB_URL", "KUBE_NFTLB_NFTLB_KEY_FILE"} <= set(rec)
+    assert "exec ds/kube-nftlb -c reconciler -- kube-nftlb diff" in joined
+    assert "KUBE_NFTLB_NFTLB_KEY_FILE" in text
     assert "kubectl apply -k deploy/" in text
     assert "kubectl delete -k deploy/" in text
     assert "nft delete table ip nftlb; nft delete table ip6 nftlb" in text

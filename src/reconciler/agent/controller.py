@@ -529,11 +529,12 @@ class Controller:
             desired = self._recompute(self._state(), None)
             wanted = self._wanted
             read = self.nftlb.get_farms()
-            self.metrics.actual_farms.set(len(read.owned))
+            self.metrics.nftlb_requests.labels(outcome="success").inc()
             marked = marked_farms(desired.farms, read.owned)
             plan = diff_marked(marked, read.owned, read.unparsable)
             result = self._apply("full", plan, desired)
             self._actual = marked
+            self.metrics.actual_farms.set(len(marked))
         except NftlbError as e:
             return self._failed("full", e, started)
         result = self._sync_table(result, None)
@@ -579,6 +580,7 @@ class Controller:
                 self._actual[n] = marked[n]
             else:
                 self._actual.pop(n, None)
+        self.metrics.actual_farms.set(len(self._actual))
         result = self._sync_table(result, None if keys is None else self._affected)
         self._desired_map = wanted
         if result.ok:

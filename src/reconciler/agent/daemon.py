@@ -13,6 +13,7 @@ from typing import Any
 import kubernetes
 from attrs import define
 
+from reconciler import __version__
 from reconciler.agent.config import ConfigError
 from reconciler.agent.controller import Controller, Settings
 from reconciler.agent.health import ProxyHealthServer, ProxyHealthTracker, ServiceHealthServers
@@ -104,6 +105,25 @@ class Daemon:
 
             return hook
 
+        def errors(resource: str) -> Callable[[str, BaseException], None]:
+            def hook(where: str, exc: BaseException) -> None:
+                status = getattr(exc, "status", None)
+                hint = None
+                if status in (401, 403):
+                    hint = "check the RBAC rules: the ClusterRole and its binding"
+                self.log.warning(
+                    "watch.error",
+                    resource=resource,
+                    where=where,
+                    error_type=type(exc).__name__,
+                    status=status if isinstance(status, int) else None,
+                    reason=getattr(exc, "reason", None) if status is not None else None,
+                    error=str(exc).strip().splitlines()[0][:300] if str(exc).strip() else None,
+                    hint=hint,
+                )
+
+            return hook
+
         common: dict[str, Any] = {
             "server_timeout": options.watch_timeout,
             "inactivity_timeout": options.inactivity_timeout,
@@ -114,6 +134,7 @@ class Daemon:
             parse=_parser(parse_service, self.log, "Service"),
             on_event=lambda ev: self.controller.on_service(_service_key(ev.key), ev.old, ev.new),
             on_restart=restarts("services"),
+            on_error=errors("services"),
             **common,
         )
         self.slices: Informer[EndpointSlice] = Informer(
@@ -122,6 +143,7 @@ class Daemon:
             parse=_parser(parse_endpoint_slice, self.log, "EndpointSlice"),
             on_event=lambda ev: self.controller.on_slice(ev.old, ev.new),
             on_restart=restarts("endpointslices"),
+            on_error=errors("endpointslices"),
             **common,
         )
         self.nodes: Informer[Node] = Informer(
@@ -132,6 +154,7 @@ class Daemon:
             on_event=lambda ev: self.controller.on_node(ev.old, ev.new),
             key=lambda raw: ("", raw["metadata"]["name"]),
             on_restart=restarts("nodes"),
+            on_error=errors("nodes"),
             **common,
         )
         self.http = HttpServers()
@@ -191,6 +214,7 @@ class Daemon:
     def start(self, *, loop: bool = True) -> None:
         self.log.info(
             "daemon.start",
+            version=__version__,
             node=self.options.settings.node_name,
             nftlb=self.options.nftlb_url,
             resync_period=self.options.settings.resync_period,

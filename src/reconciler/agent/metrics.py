@@ -171,7 +171,7 @@ class Metrics:
             f"{p}desired_farms", "Farms the cluster state asks for.", registry=r
         )
         self.actual_farms = Gauge(
-            f"{p}actual_farms", "Owned farms nftlb held at the last full sync.", registry=r
+            f"{p}actual_farms", "Owned farms nftlb holds after the last sync.", registry=r
         )
         self.pending_changes = Gauge(
             f"{p}pending_changes", "Services marked dirty and not yet synced.", registry=r

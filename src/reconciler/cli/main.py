@@ -1,6 +1,8 @@
-"""The `kube-nftlb` command line: `render`, `diff` (and `run`, the DaemonSet's loop).
+"""The `kube-nftlb` command line: `render`, `diff`, `explain`, `run` (the DaemonSet's loop).
 
-Exit codes follow `diff` and `kubectl diff`: 0 nothing to do, 1 changes (diff only), 2 errors.
+Exit codes follow `diff` and `kubectl diff`: 0 nothing to do, 1 changes (diff, explain), 2 errors.
+Every error is one line on stderr that names the file, document, field or flag; never a
+traceback (a traceback's exit 1 would tell a script "changes").
 """
 
 from __future__ import annotations
@@ -9,37 +11,133 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import yaml
+from attrs import evolve, frozen
 
 from reconciler import __version__
 from reconciler.agent.config import (
+    CLUSTER_SETTINGS,
+    NFTLB_SETTINGS,
+    NFTLB_URL,
+    RUN_SETTINGS,
     ConfigError,
-    duration,
-    env,
-    flag_bool,
+    Setting,
     kube_api_client,
     node_rules_config,
     read_key,
 )
-from reconciler.agent.http import AddressError, parse_address
-from reconciler.cli.manifests import ManifestError, load_paths
+from reconciler.cli.manifests import ManifestError, load_documents, unread_kinds
 from reconciler.core.desired import Desired, desired_farms
-from reconciler.core.diff import diff
+from reconciler.core.diff import diff_marked, marked_farms
 from reconciler.core.farms import Farm, assign_marks
-from reconciler.core.kube import parse_objects
-from reconciler.core.plan import render_text
+from reconciler.core.kube import ClusterState, parse_objects
+from reconciler.core.plan import Plan, render_text
 from reconciler.core.problems import Problem
-from reconciler.core.wire import farms_document, parse_farms
+from reconciler.core.wire import ReadBack, farms_document, parse_farms
 
 EXIT_OK, EXIT_CHANGES, EXIT_ERROR = 0, 1, 2
+PROG = "kube-nftlb"
 
 
 class UsageError(Exception):
     """Bad input from the user: printed as one line, exit 2."""
+
+
+def warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+# -- the parser --------------------------------------------------------------------------------
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2) and no abbreviated flags: an abbreviation that
+    works today is ambiguous once another flag shares its start."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Deprecated(argparse.Action):
+    """An old spelling of a flag: still taken, hidden from help, with a warning."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new: str, **kw: Any) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(
+        self, parser: Any, namespace: Any, values: Any, option_string: str | None = None
+    ) -> None:
+        warn(f"{option_string} is deprecated; use {self.new}")
+        setattr(namespace, self.dest, values)
+
+
+#: The settings each subcommand was built with, by subcommand (for resolve and the tests).
+SETTINGS_OF: dict[str, tuple[Setting, ...]] = {}
+#: Options that are not settings (no environment variable): what to do, not how to run.
+COMMAND_OPTIONS = ("--help", "--version", "--filename", "--output", "--state", "--once")
+
+
+def _add_settings(p: argparse.ArgumentParser, command: str, settings: Sequence[Setting]) -> None:
+    SETTINGS_OF[command] = tuple(settings)
+    for s in settings:
+        extra: dict[str, Any] = {"nargs": "?", "const": s.const} if s.const is not None else {}
+        choices = getattr(s.parse, "choices", None)
+        metavar = s.metavar or ("{" + ",".join(choices) + "}" if choices else None)
+        p.add_argument(
+            s.flag,
+            dest=s.dest,
+            default=None,
+            metavar=metavar,
+            help=s.help_text().replace("%", "%%"),
+            **extra,
+        )
+        for old in s.deprecated:
+            p.add_argument(
+                old,
+                dest=s.dest,
+                default=None,
+                action=_Deprecated,
+                new=s.flag,
+                help=argparse.SUPPRESS,
+                **extra,
+            )
+
+
+def _version(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+
+
+@frozen
+class Resolved:
+    values: Mapping[str, Any]
+    sources: Mapping[str, str]
+
+    def given(self, s: Setting) -> bool:
+        return self.sources.get(s.dest, "default") != "default"
+
+
+def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Resolved:
+    """Every setting of the command from its flag, variable or default, parsed (in place)."""
+    env = os.environ if environ is None else environ
+    sources: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    for s in SETTINGS_OF.get(args.command, ()):
+        value, source = s.resolve(getattr(args, s.dest), env)
+        setattr(args, s.dest, value)
+        values[s.dest], sources[s.dest] = value, source
+    return Resolved(values, sources)
+
+
+# -- reading the cluster -----------------------------------------------------------------------
 
 
 def _print_problems(problems: Sequence[Problem], out: TextIO) -> None:
@@ -47,56 +145,116 @@ def _print_problems(problems: Sequence[Problem], out: TextIO) -> None:
         print(f"problem: {p.ref}: {p.reason}: {p.message}", file=out)
 
 
-def _node_name(arg: str | None, objects: Sequence[Any]) -> str:
-    """--node, else $NODE_NAME, else the only Node in the input, else none (no node ports)."""
-    if arg:
-        return arg
-    if os.environ.get("NODE_NAME"):
-        return os.environ["NODE_NAME"]
-    nodes = [o for o in objects if isinstance(o, dict) and o.get("kind") == "Node"]
-    if len(nodes) == 1:
-        name = (nodes[0].get("metadata") or {}).get("name")
-        if isinstance(name, str):
-            return name
-    return ""
-
-
-def _list_cluster(kubeconfig: str | None) -> list[Any]:
+def _list_cluster(kubeconfig: str) -> list[Any]:
     """One list of Services, EndpointSlices and Nodes from the live cluster, as API JSON."""
     import kubernetes
+    import urllib3
 
-    api_client = kube_api_client(kubeconfig)
+    api_client = kube_api_client(kubeconfig or None)
+    host = api_client.configuration.host
     core = kubernetes.client.CoreV1Api(api_client)
     discovery = kubernetes.client.DiscoveryV1Api(api_client)
     objects: list[Any] = []
     sources = (
-        (core.list_service_for_all_namespaces, "v1", "Service"),
-        (discovery.list_endpoint_slice_for_all_namespaces, "discovery.k8s.io/v1", "EndpointSlice"),
-        (core.list_node, "v1", "Node"),
+        (core.list_service_for_all_namespaces, "v1", "Service", "services"),
+        (
+            discovery.list_endpoint_slice_for_all_namespaces,
+            "discovery.k8s.io/v1",
+            "EndpointSlice",
+            "endpointslices",
+        ),
+        (core.list_node, "v1", "Node", "nodes"),
     )
-    try:
-        for list_fn, api_version, kind in sources:
-            body = json.loads(list_fn(_preload_content=False, _request_timeout=(5, 60)).data)
-            objects.extend(
-                {"apiVersion": api_version, "kind": kind, **item} for item in body.get("items", [])
-            )
-    except kubernetes.client.ApiException as e:
-        raise UsageError(f"the Kubernetes API refused the list: {e.status} {e.reason}") from e
-    except OSError as e:
-        raise UsageError(f"cannot reach the Kubernetes API: {e}") from e
+    for list_fn, api_version, kind, resource in sources:
+        try:
+            resp = list_fn(_preload_content=False, _request_timeout=(5, 60))
+            body = json.loads(resp.data)
+        except kubernetes.client.ApiException as e:
+            hint = " (check the RBAC rules of your user)" if e.status in (401, 403) else ""
+            raise UsageError(
+                f"the Kubernetes API at {host} refused to list {resource}: "
+                f"{e.status} {e.reason}{hint}"
+            ) from e
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            reason = getattr(e, "reason", None) or e
+            raise UsageError(f"cannot reach the Kubernetes API at {host}: {reason}") from e
+        except ValueError as e:
+            raise UsageError(f"the Kubernetes API at {host} sent no JSON for {resource}") from e
+        items = body.get("items") if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise UsageError(f"the Kubernetes API at {host} sent no list of {resource}")
+        objects.extend(
+            {"apiVersion": api_version, "kind": kind, **item}
+            for item in items
+            if isinstance(item, dict)
+        )
     return objects
 
 
-def _desired_from_files(args: argparse.Namespace) -> Desired:
+def _load_files(paths: Sequence[str]) -> list[Any]:
+    docs = load_documents(paths)
+    if not docs:
+        raise UsageError(f"no objects passed: {', '.join(paths)} holds no manifest")
+    typos, others = unread_kinds(docs)
+    for line in typos:
+        warn(line)
+    if others:
+        kinds = ", ".join(f"{k} ({n})" for k, n in sorted(others.items()))
+        print(
+            f"{PROG}: note: not read (only Service, EndpointSlice, Node are): {kinds}",
+            file=sys.stderr,
+        )
+    return [d.obj for d in docs]
+
+
+@frozen
+class Source:
+    """The cluster as one command sees it: the parsed state and the node it is computed for."""
+
+    state: ClusterState
+    node_name: str
+    proxy_name: str
+    problems: tuple[Problem, ...]
+
+
+def _node_name(given: str, state: ClusterState) -> str:
+    """The node: --node-name (or NODE_NAME), else the only Node in the input; a name that
+    matches no Node, or several Nodes and no name, is said on stderr."""
+    if given:
+        if given not in state.nodes:
+            warn(
+                f"no Node named {given!r} in the input: its node-port frontends are not made "
+                "(node-local endpoints are still chosen by that name)"
+            )
+        return given
+    if len(state.nodes) == 1:
+        return next(iter(state.nodes))
+    if state.nodes:
+        warn(
+            f"the input holds {len(state.nodes)} Nodes and no --node-name was given: "
+            "no node-port frontends and no node-local endpoints"
+        )
+    return ""
+
+
+def load_source(args: argparse.Namespace) -> Source:
     try:
-        objects = load_paths(args.filename) if args.filename else _list_cluster(args.kubeconfig)
+        objects = _load_files(args.filename) if args.filename else _list_cluster(args.kubeconfig)
     except (ManifestError, ConfigError) as e:
         raise UsageError(str(e)) from e
     state, problems = parse_objects(objects)
-    node = _node_name(args.node, objects)
-    desired = desired_farms(state, node, args.proxy_name)
-    _print_problems([*problems, *desired.problems], sys.stderr)
+    node = _node_name(args.node_name, state)
+    return Source(state, node, args.proxy_name, tuple(problems))
+
+
+def _desired(args: argparse.Namespace) -> Desired:
+    source = load_source(args)
+    desired = desired_farms(source.state, source.node_name, source.proxy_name)
+    _print_problems([*source.problems, *desired.problems], sys.stderr)
     return desired
+
+
+# -- render ------------------------------------------------------------------------------------
 
 
 def _hostport(ip: str, port: int) -> str:
@@ -128,8 +286,8 @@ def _table(farms: Sequence[Farm]) -> str:
     )
 
 
-def cmd_render(args: argparse.Namespace) -> int:
-    desired = _desired_from_files(args)
+def cmd_render(args: argparse.Namespace, settings: Resolved) -> int:
+    desired = _desired(args)
     farms = [assign_marks(f, None) for f in desired.farms]
     if args.output == "table":
         sys.stdout.write(_table(farms))
@@ -140,36 +298,72 @@ def cmd_render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _actual_farms(args: argparse.Namespace) -> list[Farm]:
-    if args.state:
-        try:
-            doc = json.loads(Path(args.state).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise UsageError(f"cannot read the saved nftlb state {args.state}: {e}") from e
-        if not isinstance(doc, dict) or not isinstance(doc.get("farms"), list):
-            raise UsageError(f"{args.state}: not a GET /farms answer (no 'farms' list)")
-        return list(parse_farms(doc).owned)
-    if args.nftlb:
-        from reconciler.nftlb.client import NftlbClient, NftlbError
-
-        if not args.nftlb_key_file:
-            raise UsageError("--nftlb needs --nftlb-key-file")
-        client = NftlbClient(args.nftlb, read_key(args.nftlb_key_file))
-        try:
-            return list(client.get_farms().owned)
-        except NftlbError as e:
-            raise UsageError(str(e)) from e
-    return []
+# -- diff --------------------------------------------------------------------------------------
 
 
-def cmd_diff(args: argparse.Namespace) -> int:
-    desired = _desired_from_files(args)
-    plan = diff(desired.farms, _actual_farms(args))
+def _read_state(path: str) -> ReadBack:
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UsageError(f"cannot read the saved nftlb state {path}: {e}") from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("farms"), list):
+        raise UsageError(f"{path}: not a GET /farms answer (no 'farms' list)")
+    try:
+        return parse_farms(doc)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise UsageError(f"{path}: not a GET /farms answer: {e}") from e
+
+
+def read_nftlb(args: argparse.Namespace, settings: Resolved) -> ReadBack | None:
+    """What nftlb holds: a saved answer (--state), a live nftlb (--nftlb-url, flag or env), or
+    None when neither is given (an empty nftlb, said on stderr)."""
+    url_given = settings.given(NFTLB_URL)
+    if getattr(args, "state", None):
+        if settings.sources.get("nftlb_url") == "flag":
+            raise UsageError("--state and --nftlb-url are two answers to one question: pass one")
+        if settings.sources.get("nftlb_key_file") == "flag":
+            raise UsageError("--nftlb-key-file is only for --nftlb-url, not --state")
+        return _read_state(args.state)
+    if not url_given:
+        if settings.sources.get("nftlb_key_file", "default") != "default":
+            raise UsageError(
+                "--nftlb-key-file (or KUBE_NFTLB_NFTLB_KEY_FILE) is set but --nftlb-url is not: "
+                "pass --nftlb-url URL as well"
+            )
+        return None
+    from reconciler.nftlb.client import NftlbClient, NftlbError
+
+    try:
+        client = NftlbClient(args.nftlb_url, read_key(args.nftlb_key_file))
+        return client.get_farms()
+    except ConfigError as e:
+        raise UsageError(f"--nftlb-key-file: {e}") from e
+    except NftlbError as e:
+        raise UsageError(f"nftlb at {args.nftlb_url}: {e}") from e
+
+
+def plan_for(desired: Desired, read: ReadBack) -> Plan:
+    """Exactly the plan `run`'s full sync makes from the same desired farms and read-back
+    (the controller's `sync_full`): broken owned farms are replaced, not ignored."""
+    marked = marked_farms(desired.farms, read.owned)
+    return diff_marked(marked, read.owned, read.unparsable)
+
+
+def cmd_diff(args: argparse.Namespace, settings: Resolved) -> int:
+    desired = _desired(args)
+    read = read_nftlb(args, settings)
+    if read is None:
+        warn("neither --nftlb-url nor --state given: comparing with an empty nftlb")
+        read = ReadBack(())
+    plan = plan_for(desired, read)
     if args.output == "json":
         sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
     else:
         sys.stdout.write(render_text(plan))
     return EXIT_CHANGES if plan else EXIT_OK
+
+
+# -- run ---------------------------------------------------------------------------------------
 
 
 def _wait_for_key(path: str, timeout: float = 60.0) -> str:
@@ -182,23 +376,7 @@ def _wait_for_key(path: str, timeout: float = 60.0) -> str:
     return read_key(path)
 
 
-def _health_check_host(text: str) -> str | None:
-    """None for 'off', "" for every address, else a canonical IP."""
-    import ipaddress
-
-    if text == "off":
-        return None
-    if text == "":
-        return ""
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError as e:
-        raise ConfigError(
-            f"--health-check-node-port-address {text!r} is not an IP address or 'off'"
-        ) from e
-
-
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, settings: Resolved) -> int:
     from reconciler.agent.controller import Settings
     from reconciler.agent.daemon import Daemon, DaemonOptions
     from reconciler.agent.logs import configure, redact
@@ -213,37 +391,31 @@ def cmd_run(args: argparse.Namespace) -> int:
             pod_bridge_interface=args.pod_bridge_interface,
             pod_interface_name_prefix=args.pod_interface_name_prefix,
             service_cidr=args.service_cidr,
-            masquerade_all=flag_bool(args.masquerade_all, "--masquerade-all"),
+            masquerade_all=args.masquerade_all,
         )
-        key = _wait_for_key(args.nftlb_key_file, duration(args.nftlb_key_wait))
+        key = _wait_for_key(args.nftlb_key_file, args.nftlb_key_wait)
         redact(key)
-        settings = Settings(
+        run_settings = Settings(
             node_name=args.node_name,
             proxy_name=args.proxy_name,
-            resync_period=duration(args.resync_period),
-            min_sync_interval=duration(args.min_sync_interval),
+            resync_period=args.resync_period,
+            min_sync_interval=args.min_sync_interval,
             node_rules=rules,
         )
-        api_client = kube_api_client(args.kubeconfig)
-        watch_timeout = duration(args.watch_timeout)
-        if args.healthz_bind_address:
-            parse_address(args.healthz_bind_address)
-        health_check_host = _health_check_host(args.health_check_node_port_address)
-        stall = duration(args.watch_stall_timeout) if args.watch_stall_timeout else None
-    except AddressError as e:
-        raise UsageError(f"--healthz-bind-address: {e}") from e
+        api_client = kube_api_client(args.kubeconfig or None)
     except ConfigError as e:
         raise UsageError(str(e)) from e
+    watch_timeout = args.watch_timeout
     options = DaemonOptions(
-        settings,
+        run_settings,
         args.nftlb_url,
         key,
         args.metrics_address,
         watch_timeout=(max(1, int(watch_timeout * 0.8)), max(1, int(watch_timeout))),
-        inactivity_timeout=stall,
+        inactivity_timeout=args.watch_stall_timeout,
         healthz_address=args.healthz_bind_address,
-        health_check_host=health_check_host,
-        conntrack_cleanup=args.conntrack_cleanup == "true",
+        health_check_host=args.health_check_node_port_address,
+        conntrack_cleanup=args.conntrack_cleanup,
     )
     try:
         daemon = Daemon(options, api_client)
@@ -258,7 +430,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         finally:
             daemon.stop()
         return EXIT_OK if result.ok else EXIT_CHANGES
-    daemon.start()
+    try:
+        daemon.start()
+    except OSError as e:
+        daemon.stop()
+        raise UsageError(f"cannot start: {e}") from e
     try:
         daemon.run_until_signal()
     finally:
@@ -266,143 +442,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace, settings: Resolved) -> int:
     from reconciler.cli.demo import main as demo_main
 
     return demo_main()
 
 
-def _add_run(sub: Any) -> None:
-    r = sub.add_parser("run", help="the node agent: keep nftlb equal to the cluster's Services")
-    a = r.add_argument
-    a(
-        "--kubeconfig",
-        default=env("KUBECONFIG", "") or None,
-        help="kubeconfig file (env KUBECONFIG; default: in-cluster)",
-    )
-    a(
-        "--nftlb-url",
-        default=env("KUBE_NFTLB_NFTLB_URL", "http://127.0.0.1:5555"),
-        help="env KUBE_NFTLB_NFTLB_URL",
-    )
-    a(
-        "--nftlb-key-file",
-        default=env("KUBE_NFTLB_NFTLB_KEY_FILE", "/run/kube-nftlb/key"),
-        help="env KUBE_NFTLB_NFTLB_KEY_FILE",
-    )
-    a(
-        "--nftlb-key-wait",
-        default=env("KUBE_NFTLB_NFTLB_KEY_WAIT", "60s"),
-        help="how long to wait for the key file to appear (env KUBE_NFTLB_NFTLB_KEY_WAIT)",
-    )
-    a("--node-name", default=env("NODE_NAME", ""), help="this node's name (env NODE_NAME)")
-    a(
-        "--resync-period",
-        default=env("KUBE_NFTLB_RESYNC_PERIOD", "30s"),
-        help="full resync period (env KUBE_NFTLB_RESYNC_PERIOD)",
-    )
-    a(
-        "--min-sync-interval",
-        default=env("KUBE_NFTLB_MIN_SYNC_INTERVAL", "50ms"),
-        help="least time between syncs once a burst of 5 is used "
-        "(env KUBE_NFTLB_MIN_SYNC_INTERVAL)",
-    )
-    a(
-        "--metrics-address",
-        default=env("KUBE_NFTLB_METRICS_ADDRESS", "127.0.0.1:9195"),
-        help="host:port for /metrics, /healthz, /readyz "
-        "(env KUBE_NFTLB_METRICS_ADDRESS; empty: off)",
-    )
-    a(
-        "--healthz-bind-address",
-        default=env("KUBE_NFTLB_HEALTHZ_BIND_ADDRESS", "0.0.0.0:10256"),
-        help="host:port of the kube-proxy compatible /healthz and /livez that load balancers "
-        "probe (env KUBE_NFTLB_HEALTHZ_BIND_ADDRESS; empty: off)",
-    )
-    a(
-        "--health-check-node-port-address",
-        default=env("KUBE_NFTLB_HEALTH_CHECK_NODE_PORT_ADDRESS", "0.0.0.0"),
-        help="IP the healthCheckNodePorts of LoadBalancer Services with externalTrafficPolicy "
-        "Local listen on (env KUBE_NFTLB_HEALTH_CHECK_NODE_PORT_ADDRESS; 'off': none)",
-    )
-    a(
-        "--conntrack-cleanup",
-        choices=("true", "false"),
-        default=env("KUBE_NFTLB_CONNTRACK_CLEANUP", "true"),
-        help="delete stale UDP conntrack entries after syncs, as kube-proxy does; needs "
-        "CAP_NET_ADMIN (env KUBE_NFTLB_CONNTRACK_CLEANUP)",
-    )
-    a(
-        "--log-format",
-        choices=("json", "console"),
-        default=env("KUBE_NFTLB_LOG_FORMAT", "json"),
-        help="env KUBE_NFTLB_LOG_FORMAT",
-    )
-    a(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        default=env("KUBE_NFTLB_LOG_LEVEL", "info"),
-        help="env KUBE_NFTLB_LOG_LEVEL",
-    )
-    a(
-        "--proxy-name",
-        default=env("KUBE_NFTLB_PROXY_NAME", ""),
-        help="serve Services labelled service.kubernetes.io/service-proxy-name=NAME "
-        "(env KUBE_NFTLB_PROXY_NAME)",
-    )
-    a(
-        "--watch-timeout",
-        default=env("KUBE_NFTLB_WATCH_TIMEOUT", "5m"),
-        help="server-side watch timeout; each watch picks 80-100%% of it "
-        "(env KUBE_NFTLB_WATCH_TIMEOUT)",
-    )
-    a(
-        "--watch-stall-timeout",
-        default=env("KUBE_NFTLB_WATCH_STALL_TIMEOUT", ""),
-        help="restart a watch that sends nothing for this long (default: watch timeout + 30s; "
-        "env KUBE_NFTLB_WATCH_STALL_TIMEOUT)",
-    )
-    a(
-        "--detect-local-mode",
-        default=env("KUBE_NFTLB_DETECT_LOCAL_MODE", "ClusterCIDR"),
-        help="how traffic from pods is recognised, as kube-proxy's flag: ClusterCIDR "
-        "(--cluster-cidr), NodeCIDR (the Node's spec.podCIDRs), BridgeInterface "
-        "(--pod-bridge-interface), InterfaceNamePrefix (--pod-interface-name-prefix) "
-        "(env KUBE_NFTLB_DETECT_LOCAL_MODE; default ClusterCIDR)",
-    )
-    a(
-        "--cluster-cidr",
-        default=env("KUBE_NFTLB_CLUSTER_CIDR", ""),
-        help="the cluster's pod CIDR, one per family, comma-separated (e.g. "
-        "10.244.0.0/16,fd00:244::/48); needed by ClusterCIDR mode (env KUBE_NFTLB_CLUSTER_CIDR)",
-    )
-    a(
-        "--pod-bridge-interface",
-        default=env("KUBE_NFTLB_POD_BRIDGE_INTERFACE", ""),
-        help="the pods' bridge for BridgeInterface mode (env KUBE_NFTLB_POD_BRIDGE_INTERFACE)",
-    )
-    a(
-        "--pod-interface-name-prefix",
-        default=env("KUBE_NFTLB_POD_INTERFACE_NAME_PREFIX", ""),
-        help="the pods' interface name prefix for InterfaceNamePrefix mode "
-        "(env KUBE_NFTLB_POD_INTERFACE_NAME_PREFIX)",
-    )
-    a(
-        "--service-cidr",
-        default=env("KUBE_NFTLB_SERVICE_CIDR", ""),
-        help="the service CIDR(s), comma-separated: new connections to an address in it that no "
-        "Service holds are dropped, as kube-proxy does (env KUBE_NFTLB_SERVICE_CIDR; "
-        "default: none, no such drop)",
-    )
-    a(
-        "--masquerade-all",
-        nargs="?",
-        const="true",
-        default=env("KUBE_NFTLB_MASQUERADE_ALL", "false"),
-        help="masquerade all traffic to cluster IPs, pods' too (env KUBE_NFTLB_MASQUERADE_ALL)",
-    )
-    a("--once", action="store_true", help="one full sync, then exit (0 ok, 1 failed)")
-    r.set_defaults(func=cmd_run)
+# -- the commands ------------------------------------------------------------------------------
 
 
 def _add_source(p: argparse.ArgumentParser) -> None:
@@ -411,52 +457,68 @@ def _add_source(p: argparse.ArgumentParser) -> None:
         "--filename",
         action="append",
         metavar="PATH",
-        help="manifest file or folder (YAML or JSON, multi-document, List kinds); repeatable. "
-        "Without it, the live cluster is read (--kubeconfig, or in-cluster)",
+        help="manifest file or folder (YAML or JSON, multi-document, List kinds; folders "
+        "recursively, without hidden entries and virtual environments; '-' reads standard "
+        "input); repeatable (default: the live cluster, see --kubeconfig)",
     )
-    p.add_argument(
-        "--kubeconfig",
-        default=os.environ.get("KUBECONFIG") or None,
-        help="kubeconfig for the live cluster",
-    )
-    p.add_argument(
-        "--node", help="this node's name (default: $NODE_NAME, or the only Node in the input)"
-    )
-    p.add_argument(
-        "--proxy-name",
-        default=os.environ.get("KUBE_NFTLB_PROXY_NAME", ""),
-        help="serve Services whose service.kubernetes.io/service-proxy-name label has this value "
-        "(default: only Services without the label)",
+
+
+def _diff_nftlb_settings() -> tuple[Setting, ...]:
+    """diff and explain read nftlb only when asked: no URL means an empty nftlb."""
+    return (
+        evolve(NFTLB_URL, default="", empty="none: compare with an empty nftlb"),
+        *NFTLB_SETTINGS[1:],
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kube-nftlb", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"kube-nftlb {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    SETTINGS_OF.clear()
+    parser = Parser(prog=PROG, description=__doc__)
+    _version(parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     render = sub.add_parser(
         "render", help="print the nftlb farms that Services and EndpointSlices make"
     )
     _add_source(render)
-    render.add_argument("-o", "--output", choices=("json", "yaml", "table"), default="json")
+    _add_settings(render, "render", CLUSTER_SETTINGS)
+    render.add_argument(
+        "-o",
+        "--output",
+        choices=("json", "yaml", "table"),
+        default="json",
+        help="output format (default: json, the exact document sent to nftlb)",
+    )
     render.set_defaults(func=cmd_render)
 
     d = sub.add_parser(
         "diff", help="dry run: the plan that would make nftlb match (exit 1 on changes)"
     )
     _add_source(d)
-    target = d.add_mutually_exclusive_group()
-    target.add_argument("--nftlb", metavar="URL", help="a live nftlb, e.g. http://127.0.0.1:5555")
-    target.add_argument("--state", metavar="FILE", help="a saved GET /farms answer")
-    d.add_argument("--nftlb-key-file", metavar="FILE", help="file holding the nftlb key")
-    d.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    _add_settings(d, "diff", (*CLUSTER_SETTINGS, *_diff_nftlb_settings()))
+    d.add_argument(
+        "--state", metavar="FILE", help="a saved GET /farms answer, instead of --nftlb-url"
+    )
+    d.add_argument(
+        "-o",
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="output format (default: text)",
+    )
     d.set_defaults(func=cmd_diff)
-    _add_run(sub)
+
+    r = sub.add_parser("run", help="the node agent: keep nftlb equal to the cluster's Services")
+    _add_settings(r, "run", (*CLUSTER_SETTINGS, *NFTLB_SETTINGS, *RUN_SETTINGS))
+    r.add_argument("--once", action="store_true", help="one full sync, then exit (0 ok, 1 failed)")
+    r.set_defaults(func=cmd_run)
+
     demo = sub.add_parser(
         "demo", help="the whole loop on the built-in example cluster (root; a few seconds)"
     )
     demo.set_defaults(func=cmd_demo)
+    for p in (render, d, r, demo):
+        _version(p)
     return parser
 
 
@@ -464,8 +526,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        code: int = args.func(args)
-    except UsageError as e:
-        print(f"kube-nftlb: error: {e}", file=sys.stderr)
+        settings = resolve(args)
+        code: int = args.func(args, settings)
+    except (UsageError, ConfigError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_ERROR
+    except Exception as e:  # never a traceback: its exit 1 would read as "changes"
+        print(f"{PROG}: error: unexpected {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_ERROR
     return code

@@ -918,6 +918,8 @@ _KINDS: dict[str, tuple[str, _Parser]] = {
     "Node": ("v1", parse_node),
 }
 _MAX_LIST_DEPTH = 8
+#: The kinds `parse_objects` reads; every other kind is ignored.
+READ_KINDS: tuple[str, ...] = tuple(_KINDS)
 
 
 def _group(api_version: str) -> str:
