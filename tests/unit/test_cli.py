@@ -578,3 +578,91 @@ def test_the_informers_errors_are_logged_with_their_status(tmp_path: Path) -> No
     first = errors[0]
     assert first["level"] == "warning" and first["resource"] == "endpointslices"
     assert first["status"] == 403 and "RBAC" in first["hint"]
+
+
+# -- conventions: one spelling for each setting, in every command -----------------------------
+
+
+def _commands() -> dict[str, object]:
+    import argparse
+
+    from reconciler.cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def test_every_commands_help_spells_each_setting_one_way(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Walks `kube-nftlb COMMAND --help` for every command: each setting shows its default and
+    its environment variable, and no setting is spelt two ways (one flag for one variable and
+    one variable for one flag, across all commands; one flag for one destination)."""
+    import argparse
+    import re
+
+    from reconciler.cli.main import COMMAND_OPTIONS
+
+    flag_of_env: dict[str, set[str]] = {}
+    env_of_flag: dict[str, set[str]] = {}
+    flags_of_dest: dict[str, set[str]] = {}
+    for name, parser in _commands().items():
+        with pytest.raises(SystemExit) as exit_:
+            main([name, "--help"])
+        assert exit_.value.code == 0
+        help_text = " ".join(capsys.readouterr().out.split())
+        assert isinstance(parser, argparse.ArgumentParser)
+        for action in parser._actions:
+            longs = [o for o in action.option_strings if o.startswith("--")]
+            if not longs:
+                continue
+            assert len(longs) == 1, (name, action.option_strings)  # one spelling a flag
+            flag = longs[0]
+            if action.help == argparse.SUPPRESS:
+                continue  # a deprecated spelling: checked to warn below
+            assert flag in help_text, (name, flag)
+            flags_of_dest.setdefault(action.dest, set()).add(flag)
+            if flag in COMMAND_OPTIONS:
+                continue
+            shown = " ".join(str(action.help).split())
+            envs = re.findall(r"\benv ([A-Z][A-Z0-9_]*)\b", shown)
+            assert len(envs) == 1, (name, flag, shown)
+            assert "(default: " in shown, (name, flag)
+            assert f"env {envs[0]})" in help_text, (name, flag)  # what --help shows
+            flag_of_env.setdefault(envs[0], set()).add(flag)
+            env_of_flag.setdefault(flag, set()).add(envs[0])
+    assert {e: f for e, f in flag_of_env.items() if len(f) > 1} == {}
+    assert {f: e for f, e in env_of_flag.items() if len(e) > 1} == {}
+    assert {d: f for d, f in flags_of_dest.items() if len(f) > 1} == {}
+    assert {"--node-name", "--nftlb-url", "--kubeconfig"} <= set(env_of_flag)
+
+
+def test_old_spellings_still_work_with_a_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "render", "-f", str(EXAMPLES), "--node", "node-1")
+    assert code == 0 and "--node is deprecated; use --node-name" in err
+    _, same, _ = run(capsys, "render", "-f", str(EXAMPLES), "--node-name", "node-1")
+    assert out == same
+    code, _, err = run(capsys, "diff", "-f", WEB, "--nftlb", "ftp://x")
+    assert code == 2 and "--nftlb is deprecated; use --nftlb-url" in err
+    _one_clear_line(err, "--nftlb-url")
+
+
+def test_flags_are_never_abbreviated(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--node` must never silently become whatever flag starts with it."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["render", "-f", WEB, "--proxy", "x"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--proxy" in err
+
+
+@pytest.mark.parametrize("command", ["render", "diff", "run", "demo"])
+def test_version_after_the_command_too(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    from reconciler import __version__
+
+    for argv in (["--version"], [command, "--version"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 0
+        assert capsys.readouterr().out == f"kube-nftlb {__version__}\n"
