@@ -442,6 +442,29 @@ def test_our_table_deleted_behind_our_back_is_restored_by_the_next_full_sync(
     assert topology.ask("pod-a", "tcp", "10.96.0.12", 80).outcome == "refused"
 
 
+def test_restarts_of_either_side_change_nothing_in_our_table(
+    agent: Agent, nftlb_daemon: NftlbDaemon, topology: Topology
+) -> None:
+    """An nftlb restart empties nftlb, not our table; an agent restart with nothing changed
+    sends no command to it (level-triggered, read back and diffed)."""
+    before = _table()
+    nftlb_daemon.restart()
+    assert _elements("verdicts-v4") == {
+        json.dumps(e, sort_keys=True)
+        for o in before["nftables"]
+        if o.get("map", {}).get("name") == "verdicts-v4"
+        for e in o["map"].get("elem", [])
+    }
+    wait_until(lambda: topology.ask("pod-a", "tcp", "10.96.0.11", 80).ok, 20, "farms back")
+    agent.stop()
+    agent.start()
+    wait_until(lambda: agent.events("sync.done"), 30, "the restarted agent's first sync")
+    first = agent.events("sync.done")[0]
+    assert first["kind"] == "full" and first["ok"]
+    assert first["table_commands"] == 0 and first["operations"] == 0
+    assert topology.ask("pod-a", "tcp", "10.96.0.12", 80).outcome == "refused"
+
+
 def test_a_foreign_table_is_left_byte_for_byte_unchanged(agent: Agent, tmp_path: Path) -> None:
     foreign = (
         "table inet someone-else {\n"
