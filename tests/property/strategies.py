@@ -268,7 +268,9 @@ def service_dicts(
         }
     if service_type in ("NodePort", "LoadBalancer"):
         spec["externalTrafficPolicy"] = _pick(draw, ("Cluster", "Local", "Global", _ABSENT, *bogus))
-    if service_type == "LoadBalancer" and draw(_bools):
+    # The API server allocates one to every LoadBalancer Service with the Local policy.
+    local = spec.get("externalTrafficPolicy") == "Local"
+    if service_type == "LoadBalancer" and (local or _chance(draw)):
         spec["healthCheckNodePort"] = _maybe(draw, _pick(draw, HEALTH_CHECK_PORTS), junk)
     spec["internalTrafficPolicy"] = _pick(draw, ("Cluster", "Local", _ABSENT))
     status: Any = {}
