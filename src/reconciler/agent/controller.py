@@ -36,7 +36,7 @@ from reconciler.core.desired import (
     service_farms,
 )
 from reconciler.core.diff import diff_marked, marked_farms
-from reconciler.core.farms import Farm, Helper
+from reconciler.core.farms import Family, Farm, Helper
 from reconciler.core.health import ServiceHealth, health_check_ports, service_health
 from reconciler.core.kube import ClusterState, EndpointSlice, Node, Service
 from reconciler.core.node_diff import RuleIndex, delta_commands, diff_tables
@@ -231,6 +231,7 @@ class Controller:
         self._health_of: dict[ServiceKey, ServiceHealth] = {}
         self._health_reported: set[Problem] = set()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by `stop` and `restarted`: ends a backoff early
         self._thread: threading.Thread | None = None
         self.last_result: SyncResult | None = None
         self.heartbeat = clock()
@@ -312,6 +313,18 @@ class Controller:
             self._full_needed = True
             self._cond.notify()
 
+    def nftlb_tables(self) -> set[tuple[str, str]]:
+        """The nftlb tables that must exist: those of the families of the farms programmed."""
+        families = {f.family for f in list(self._actual.values())}
+        return {("ip" if f is Family.IPV4 else "ip6", "nftlb") for f in families}
+
+    def restarted(self, target: str) -> None:
+        """The watchdog saw `target` (nftlb, or a table of ours) restart: a full sync now, even
+        in the middle of a failure backoff (the failures were likely the restart itself)."""
+        self._failures = 0
+        self.request_full_sync()
+        self._wake.set()
+
     # -- the runner ---------------------------------------------------------------------------
 
     @property
@@ -324,6 +337,7 @@ class Controller:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         with self._cond:
             self._cond.notify_all()
         if self._thread is not None:
@@ -344,7 +358,8 @@ class Controller:
                     self.settings.backoff_max,
                     self.settings.backoff_initial * 2 ** (self._failures - 1),
                 )
-                self._stop.wait(delay)
+                self._wake.wait(delay)
+                self._wake.clear()
 
     def _sync_guarded(self, kind: str) -> SyncResult:
         """One sync; an exception nobody expected fails this sync only, never the loop.

@@ -20,6 +20,7 @@ from reconciler.agent.health import ProxyHealthServer, ProxyHealthTracker, Servi
 from reconciler.agent.http import HttpServers, parse_address
 from reconciler.agent.logs import get_logger
 from reconciler.agent.metrics import HealthServer, Metrics
+from reconciler.agent.watchdog import DEFAULT_INTERVAL, NFTLB_TABLES, TablesProbe, Watchdog
 from reconciler.core.health import TIMEOUT_SYNC_PERIODS
 from reconciler.core.kube import (
     EndpointSlice,
@@ -31,6 +32,7 @@ from reconciler.core.kube import (
 )
 from reconciler.core.problems import Problem
 from reconciler.kernel.nftables import NftablesError, NodeTableWriter
+from reconciler.kernel.tables import KernelTables
 from reconciler.kubeapi.events import EventRecorder, kube_event_api
 from reconciler.kubeapi.informer import Informer, InformerEvent
 from reconciler.nftlb.client import NftlbClient
@@ -50,6 +52,8 @@ class DaemonOptions:
     watch_timeout: tuple[int, int] = (240, 300)
     inactivity_timeout: float | None = None
     events: bool = True
+    #: How often the watchdog looks for an nftlb restart (seconds; 0: never).
+    probe_interval: float = DEFAULT_INTERVAL
 
 
 def _parser(
@@ -198,6 +202,17 @@ class Daemon:
             health_checks=self.health_checks,
             node_table=table,
         )
+        self.tables = KernelTables()
+        self.watchdog = Watchdog(
+            lambda target: self.controller.restarted(target),
+            self.metrics,
+            self.log,
+            interval=options.probe_interval or DEFAULT_INTERVAL,
+        )
+        if options.probe_interval > 0:
+            self.watchdog.add(
+                TablesProbe("nftlb", NFTLB_TABLES, self.tables.read, self.controller.nftlb_tables)
+            )
         self.health: HealthServer | None = None
         self._loop = True
         self._stopped = threading.Event()
@@ -242,6 +257,7 @@ class Daemon:
             self.recorder.start()
         if loop:
             self.controller.start()
+            self.watchdog.start()
 
     def wait_for_sync(self, timeout: float) -> bool:
         return all(i.wait_for_sync(timeout) for i in (self.services, self.slices, self.nodes))
@@ -253,6 +269,7 @@ class Daemon:
 
     def stop(self) -> None:
         self.log.info("daemon.stop")
+        self.watchdog.stop()
         self.controller.stop()
         if self.recorder is not None:
             if not self._loop:  # `run --once`: give the Events of its one sync a moment
@@ -263,6 +280,7 @@ class Daemon:
         if self.health_checks is not None:
             self.health_checks.stop()
         self.http.stop()
+        self.tables.close()
 
 
 __all__ = ["Daemon", "DaemonOptions", "InformerEvent"]

@@ -167,6 +167,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.restarts_detected = Counter(
+            f"{p}restarts_detected_total",
+            "Restarts of nftlb, or tables of ours vanishing, noticed by the watchdog, by target.",
+            ["target"],
+            registry=r,
+        )
         self.desired_farms = Gauge(
             f"{p}desired_farms", "Farms the cluster state asks for.", registry=r
         )
