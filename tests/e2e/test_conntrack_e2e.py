@@ -265,3 +265,45 @@ def test_cap_net_admin_is_needed_and_enough_for_the_cleanup(
     assert run(",+net_admin") == [1]
     message = run("")
     assert "not permitted" in message and "CAP_NET_ADMIN" in message
+
+
+HTTP_GET = r"""
+import json, sys, urllib.error, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=3) as r:
+        print(json.dumps([r.status, json.loads(r.read())]))
+except urllib.error.HTTPError as e:
+    print(json.dumps([e.code, json.loads(e.read())]))
+except OSError as e:
+    print(json.dumps([0, str(e)]))
+"""
+
+
+def test_a_load_balancer_probes_the_health_check_node_port_from_outside(
+    agent: Agent, fake: FakeApiServer, topology: Topology
+) -> None:
+    """What a cloud load balancer does for an externalTrafficPolicy Local Service: HTTP to the
+    node's address on the healthCheckNodePort, from off the node, through our node table."""
+    port = 32053
+    svc = dns_service()
+    svc["spec"].update(type="LoadBalancer", externalTrafficPolicy="Local", healthCheckNodePort=port)
+    fake.apply(svc)
+    fake.apply(dns_slice("pod-a"))
+
+    def probe() -> tuple[int, Any]:
+        command = topology.namespaces["external"].enter(
+            sys.executable, "-c", HTTP_GET, f"http://{NODE_IP}:{port}/healthz"
+        )
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        status, body = json.loads(out)
+        return status, body
+
+    _, body = wait_until(lambda: (a := probe())[0] == 200 and a, what="200 from outside")
+    assert body["localEndpoints"] == 1
+    remote = dns_slice()
+    remote["endpoints"] = [
+        {"addresses": ["10.244.2.2"], "conditions": {"ready": True}, "nodeName": "node-2"}
+    ]
+    fake.apply(remote)
+    _, body = wait_until(lambda: (a := probe())[0] == 503 and a, what="503 from outside")
+    assert body["localEndpoints"] == 0
