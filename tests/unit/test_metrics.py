@@ -128,3 +128,23 @@ def test_a_failed_sync_is_timed_and_counted_and_leaves_the_last_success() -> Non
     assert value(m, "kubeproxy_sync_full_proxy_rules_duration_seconds_count") == 2
     assert value(m, "kubeproxy_sync_proxy_rules_last_timestamp_seconds") == last
     assert value(m, "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds") >= last
+
+
+def test_a_change_a_failed_sync_took_is_timed_to_the_sync_that_programs_it() -> None:
+    w = World()
+    m = w.controller.metrics
+    w.put_service(service())
+    assert w.controller.sync_full().ok
+    w.model.key = "other"  # nftlb refuses the next syncs
+    trigger = time.time()
+    w.put_slice(_slice(["10.244.0.7"], trigger, "3"))
+    assert not w.controller.sync_partial().ok
+    assert not w.controller.sync_full().ok
+    assert value(m, "kubeproxy_network_programming_duration_seconds_count") == 0
+    w.model.key = "k"
+    time.sleep(0.3)
+    assert w.controller.sync_full().ok
+    assert value(m, "kubeproxy_network_programming_duration_seconds_count") == 1
+    assert value(m, "kubeproxy_network_programming_duration_seconds_sum") >= 0.3
+    assert w.controller.sync_full().ok  # observed once, not again
+    assert value(m, "kubeproxy_network_programming_duration_seconds_count") == 1

@@ -551,7 +551,7 @@ class Controller:
             self._actual = marked
             self.metrics.actual_farms.set(len(marked))
         except NftlbError as e:
-            return self._failed("full", e, started)
+            return self._failed("full", e, started, triggers)
         result = self._sync_table(result, None)
         self._desired_map = wanted
         self._next_full = self._clock() + self.settings.resync_period
@@ -589,7 +589,7 @@ class Controller:
             result = self._apply("partial", plan, desired)
         except NftlbError as e:
             self.request_full_sync()
-            return self._failed("partial", e, started)
+            return self._failed("partial", e, started, triggers)
         for n in changed:
             if n in marked:
                 self._actual[n] = marked[n]
@@ -805,6 +805,8 @@ class Controller:
         )
         if result.ok:
             self.ready = True
+        else:
+            self._keep_triggers(triggers)
         self.log.info(
             "sync.done",
             kind=result.kind,
@@ -820,7 +822,21 @@ class Controller:
         self.last_result = result
         return result
 
-    def _failed(self, kind: str, error: NftlbError, started: float) -> SyncResult:
+    def _keep_triggers(self, triggers: dict[ServiceKey, float]) -> None:
+        """A failed sync programmed nothing for sure: the changes' latency runs on to the sync
+        that does (kube-proxy keeps them the same way)."""
+        with self._cond:
+            for k, stamp in triggers.items():
+                self._triggers[k] = min(stamp, self._triggers.get(k, stamp))
+
+    def _failed(
+        self,
+        kind: str,
+        error: NftlbError,
+        started: float,
+        triggers: dict[ServiceKey, float] | None = None,
+    ) -> SyncResult:
+        self._keep_triggers(triggers or {})
         self.ready = False
         self._queued()
         with self._cond:
