@@ -330,3 +330,14 @@ def test_the_flags_and_variables_conformance_md_names_exist_and_its_tests_too() 
     for name in re.findall(r"`(test_\w+)`", text):
         assert name in tests, name
     assert tests <= set(re.findall(r"`(test_\w+)`", text)), "every conformance test is listed"
+
+
+def test_every_page_the_code_or_the_docs_cite_is_in_the_repository() -> None:
+    """`nftlb-api.md` item 23 in a docstring is only an answer if nftlb-api.md is here."""
+    here = {p.name for p in (*DOCS.rglob("*.md"), *ROOT.glob("*.md"), *ROOT.glob("*/*.md"))}
+    texts = [*(p.read_text(encoding="utf-8") for p in SRC.rglob("*.py"))]
+    texts += [p.read_text(encoding="utf-8") for p in (ROOT / "tests").rglob("*.py")]
+    texts += list(_docs().values())
+    cited = {name for text in texts for name in re.findall(r"\b([A-Za-z0-9_-]+\.md)\b", text)}
+    assert {"nftlb-api.md", "kube-api-fake.md"} <= cited
+    assert cited - here == set(), "cited but not in the repository"
