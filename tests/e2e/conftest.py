@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Iterator
@@ -23,19 +22,22 @@ from typing import Any
 
 import pytest
 
-from reconciler.core.farms import Family, Farm
+from reconciler.core.farms import Farm
+from reconciler.core.nftlb_ruleset import (
+    DnatEntries,
+    ServiceElements,
+    dnat_entries,
+    expected_dnat_entries,
+    expected_service_elements,
+    nftlb_objects,
+    service_elements,
+)
 from reconciler.nftlb.client import NftlbClient
 from reconciler.testing.nftlbd import NFTLB, NftlbProcess, delete_tables
 
 HERE = Path(__file__).parent
 NETNS_ENV = "KUBE_NFTLB_E2E_NETNS"
 RUN_HINT = f"unshare -n env {NETNS_ENV}=1 .venv/bin/pytest tests/e2e"
-SERVICE_MAP_RE = re.compile(r"^(output-)?(filter|nat)-proto-services6?$")
-
-#: (map family, map name, protocol, address, port) → goto target chain
-ServiceElements = dict[tuple[str, str, str, str, int], str]
-#: nat-<farm> chain → {(mark without nftlb's masquerade bit, ip, port or None)}
-DnatEntries = dict[str, set[tuple[int, str, int | None]]]
 
 
 def _links() -> list[str]:
@@ -77,49 +79,6 @@ def ruleset_json() -> list[dict[str, Any]]:
     return [o for o in doc["nftables"] if "metainfo" not in o]
 
 
-def nftlb_objects(ruleset: Iterable[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
-    for obj in ruleset:
-        for kind, body in obj.items():
-            if isinstance(body, dict) and body.get("table") == "nftlb":
-                yield kind, body
-
-
-def service_elements(ruleset: Iterable[dict[str, Any]]) -> ServiceElements:
-    """The elements of every ``*-proto-services`` map: which (protocol, address, port) goes to
-    which chain. Single ports only (what the reconciler sends)."""
-    out: ServiceElements = {}
-    for kind, body in nftlb_objects(ruleset):
-        if kind != "map" or not SERVICE_MAP_RE.match(body["name"]):
-            continue
-        for key, verdict in body.get("elem", []):
-            proto, address, port = key["concat"]
-            target = verdict.get("goto", verdict.get("jump", {})).get("target", str(verdict))
-            out[(body["family"], body["name"], proto, address, int(port))] = target
-    return out
-
-
-def dnat_entries(ruleset: Iterable[dict[str, Any]]) -> DnatEntries:
-    """The backend DNAT map of each ``nat-<farm>`` chain; a chain without one maps to set()."""
-    out: DnatEntries = {}
-    for kind, body in nftlb_objects(ruleset):
-        if kind == "chain" and body["name"].startswith("nat-"):
-            out.setdefault(body["name"], set())
-        if kind != "rule" or not body["chain"].startswith("nat-"):
-            continue
-        entries = out.setdefault(body["chain"], set())
-        for expr in body["expr"]:
-            dnat = expr.get("dnat")
-            if not dnat:
-                continue
-            for mark, target in dnat["addr"]["map"]["data"]["set"]:
-                if isinstance(target, dict):
-                    ip, port = target["concat"]
-                    entries.add((mark & 0x7FFFFFFF, ip, int(port)))
-                else:
-                    entries.add((mark & 0x7FFFFFFF, target, None))
-    return out
-
-
 def nftlb_tables(ruleset: Iterable[dict[str, Any]]) -> set[tuple[str, str]]:
     return {
         (obj["table"]["family"], obj["table"]["name"])
@@ -138,29 +97,6 @@ def leftovers(ruleset: Iterable[dict[str, Any]], farms: Iterable[str]) -> list[s
         if any(name in text for name in names):
             out.append(f"{kind} {body['family']} {body.get('name') or body.get('chain', '?')}")
     return out
-
-
-def expected_service_elements(farms: Iterable[Farm]) -> ServiceElements:
-    """What the kernel must hold for these farms, exactly.
-
-    A farm has one frontend, sent as its own ``virtual-addr``/``virtual-ports`` shorthand;
-    nftlb puts it in the same ``[output-]{filter,nat}-proto-services[6]`` maps as any address
-    object (checked for tcp, udp and sctp, snat and dnat, both families), so this also
-    serves the characterisation tests that build farms with several addresses."""
-    out: ServiceElements = {}
-    for farm in farms:
-        family, suffix = ("ip", "") if farm.family is Family.IPV4 else ("ip6", "6")
-        prefixes = ("", "output-") if farm.intra_connect else ("",)
-        for a in farm.addresses:
-            for prefix in prefixes:
-                for kind in ("filter", "nat"):
-                    name = f"{prefix}{kind}-proto-services{suffix}"
-                    out[(family, name, a.protocol.value, a.ip, a.port)] = f"{kind}-{farm.name}"
-    return out
-
-
-def expected_dnat_entries(farms: Iterable[Farm]) -> DnatEntries:
-    return {f"nat-{f.name}": {(b.mark, b.ip, b.port) for b in f.backends} for f in farms}
 
 
 # -- the daemon ---------------------------------------------------------------------------

@@ -64,3 +64,43 @@ def test_every_example_farm_is_applied_read_back_equal_in_the_kernel_and_up(
         "",
         "Plan: 0 to create, 1 to change, 0 to delete.",
     ]
+
+
+def test_explain_against_live_nftlb_and_the_kernel(
+    clean_daemon: NftlbDaemon, client: NftlbClient
+) -> None:
+    """`kube-nftlb explain` as root on the node: nftlb and the kernel hold exactly the Service's
+    farms (exit 0), then one backend removed behind its back: exit 1, the upsert `run` would
+    send, and the kernel's missing DNAT entry."""
+    import json
+
+    from attrs import evolve
+
+    state, _ = parse_objects(load_paths([EXAMPLES]))
+    desired = desired_farms(state, "node-1").farms
+    assert client.apply(diff(desired, [])).ok
+    args = ["-f", str(EXAMPLES), "--node-name", "node-1", "--nftlb-url", clean_daemon.url]
+    args += ["--nftlb-key-file", str(clean_daemon.key_file), "-o", "json"]
+    same = kube_nftlb("explain", "default/web", *args)
+    assert same.returncode == 0, same.stderr
+    report = json.loads(same.stdout)
+    assert report["matches"] is True and report["nftlb"]["operations"] == []
+    assert report["nftlb"]["kernel"] == {"checked": True, "why": None, "differences": []}
+
+    held = client.get_farms().by_name()["k8s.default.web.http.tcp.v4"]
+    gone = held.backends[-1]
+    assert client.apply(diff([evolve(held, backends=held.backends[:-1])], [held])).ok
+    differs = kube_nftlb("explain", "default/web", *args)
+    assert differs.returncode == 1, differs.stderr
+    report = json.loads(differs.stdout)
+    assert [(o["op"], o["farm"]) for o in report["nftlb"]["operations"]] == [
+        ("upsert-backends", "k8s.default.web.http.tcp.v4")
+    ]
+    kernel = report["nftlb"]["kernel"]
+    assert kernel["checked"] is True
+    assert kernel["differences"] == [
+        f"kernel: nat-k8s.default.web.http.tcp.v4 lacks backend {gone.ip}:{gone.port} "
+        f"(mark {gone.mark:#x})"
+    ]
+    other = kube_nftlb("explain", "ingress/ingress", *args)
+    assert other.returncode == 0, other.stdout  # another Service's drift is not this one's

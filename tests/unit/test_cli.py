@@ -657,7 +657,7 @@ def test_flags_are_never_abbreviated(capsys: pytest.CaptureFixture[str]) -> None
     assert err.count("\n") == 1 and "--proxy" in err
 
 
-@pytest.mark.parametrize("command", ["render", "diff", "run", "demo"])
+@pytest.mark.parametrize("command", ["render", "diff", "explain", "run", "demo"])
 def test_version_after_the_command_too(capsys: pytest.CaptureFixture[str], command: str) -> None:
     from reconciler import __version__
 
@@ -666,3 +666,121 @@ def test_version_after_the_command_too(capsys: pytest.CaptureFixture[str], comma
             main(argv)
         assert exit_.value.code == 0
         assert capsys.readouterr().out == f"kube-nftlb {__version__}\n"
+
+
+# -- kube-nftlb explain ------------------------------------------------------------------------
+
+
+def _explain(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, object]]:
+    code, out, err = run(capsys, "explain", *argv, "-o", "json")
+    assert "Traceback" not in err
+    return code, json.loads(out) if out else {}
+
+
+def test_explain_shows_farms_backends_and_endpoints_left_out_on_the_examples(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, r = _explain(capsys, "ingress/ingress", "-f", str(EXAMPLES))
+    assert code == 1 and r["matches"] is False  # against an empty nftlb, as diff
+    farms = {f["name"]: f for f in r["farms"]}  # type: ignore[union-attr]
+    assert {f["frontend"] for f in farms.values()} == {
+        "cluster-ip",
+        "node-port",
+        "load-balancer-ip",
+    }
+    lb = next(f for f in farms.values() if f["frontend"] == "load-balancer-ip")
+    assert lb["traffic_policy"] == "Local"
+    assert lb["backends"] in (["10.244.1.41:80"], ["10.244.1.41:443"])
+    left = [(e["address"], e["reason"]) for e in r["endpoints"] if not e["backend"]]  # type: ignore[union-attr]
+    assert left and set(left) == {("10.244.2.42", "other-node")}
+    _, out, _ = run(capsys, "render", "-f", str(EXAMPLES))
+    state = tmp_path / "farms.json"
+    state.write_text(out)
+    code, r = _explain(capsys, "ingress/ingress", "-f", str(EXAMPLES), "--state", str(state))
+    assert code == 0 and r["matches"] is True and r["nftlb"]["operations"] == []  # type: ignore[index]
+    doc = json.loads(out)
+    for farm in doc["farms"]:
+        if farm["name"] == "k8s.ingress.ingress.http.tcp.v4":
+            farm["backends"] = farm["backends"][:1]
+        if farm["name"] == "k8s.default.web.http.tcp.v4":
+            farm["scheduler"] = "weight"  # another Service's drift is not this one's
+    state.write_text(json.dumps(doc))
+    code, r = _explain(capsys, "ingress/ingress", "-f", str(EXAMPLES), "--state", str(state))
+    ops = r["nftlb"]["operations"]  # type: ignore[index]
+    assert code == 1 and [(o["op"], o["farm"]) for o in ops] == [
+        ("upsert-backends", "k8s.ingress.ingress.http.tcp.v4")
+    ]
+    code, text, _ = run(
+        capsys, "explain", "ingress/ingress", "-f", str(EXAMPLES), "--state", str(state)
+    )
+    assert code == 1 and "left out: other-node" in text and "upsert-backends" in text
+
+
+def test_explain_tells_why_each_endpoint_is_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "svc.yaml"
+    manifest.write_text(
+        """
+apiVersion: v1
+kind: Service
+metadata: {name: app, namespace: default}
+spec:
+  clusterIP: 10.96.5.5
+  clusterIPs: [10.96.5.5]
+  ports: [{name: http, port: 80, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: app-1, namespace: default, labels: {kubernetes.io/service-name: app}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+  - {addresses: [10.244.1.1], conditions: {ready: true}}
+  - {addresses: [10.244.1.2], conditions: {ready: false, serving: false}}
+  - {addresses: [10.244.1.3], conditions: {ready: false, serving: true, terminating: true}}
+  - {addresses: [10.244.1.1], conditions: {ready: true}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: app-2, namespace: default, labels: {kubernetes.io/service-name: app}}
+addressType: IPv6
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+  - {addresses: ["fd00::1"], conditions: {ready: true}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: app-3, namespace: default, labels: {kubernetes.io/service-name: app}}
+addressType: IPv4
+ports: [{name: metrics, port: 9090, protocol: TCP}]
+endpoints:
+  - {addresses: [10.244.1.9], conditions: {ready: true}}
+"""
+    )
+    code, r = _explain(capsys, "default/app", "-f", str(manifest))
+    assert code == 1  # an empty nftlb
+    verdicts = {(e["address"], e["slice"]): e["reason"] for e in r["endpoints"]}  # type: ignore[union-attr]
+    assert verdicts == {
+        ("10.244.1.1", "app-1"): "duplicate",  # the second copy; the first is the backend
+        ("10.244.1.2", "app-1"): "not-ready",
+        ("10.244.1.3", "app-1"): "terminating",
+        ("fd00::1", "app-2"): "wrong-family",
+        ("10.244.1.9", "app-3"): "no-port",
+    } | {("10.244.1.1", "app-1"): "duplicate"}
+    assert [e["backend"] for e in r["endpoints"]].count(True) == 1  # type: ignore[union-attr]
+    assert r["farms"][0]["backends"] == ["10.244.1.1:8080"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("name", "named"), [("web", "NAMESPACE/NAME"), ("default/nope", "no Service default/nope")]
+)
+def test_explain_errors_exit_2(capsys: pytest.CaptureFixture[str], name: str, named: str) -> None:
+    code, _, err = run(capsys, "explain", name, "-f", str(EXAMPLES))
+    assert code == 2
+    _one_clear_line(err, named)
+
+
+def test_explain_says_why_a_service_is_not_served(capsys: pytest.CaptureFixture[str]) -> None:
+    code, r = _explain(capsys, "default/db", "-f", str(EXAMPLES))
+    assert code == 0 and "headless" in str(r["not_served"]) and r["farms"] == []

@@ -448,6 +448,12 @@ def cmd_demo(args: argparse.Namespace, settings: Resolved) -> int:
     return demo_main()
 
 
+def cmd_explain(args: argparse.Namespace, settings: Resolved) -> int:
+    from reconciler.cli.explain import explain
+
+    return explain(args, settings)
+
+
 # -- the commands ------------------------------------------------------------------------------
 
 
@@ -508,6 +514,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.set_defaults(func=cmd_diff)
 
+    e = sub.add_parser(
+        "explain",
+        help="why a Service works or not: its farms, backends, endpoints left out, problems, "
+        "and with --nftlb-url what nftlb and the kernel hold (exit 1 when they differ)",
+    )
+    e.add_argument("service", metavar="NAMESPACE/NAME", help="the Service")
+    _add_source(e)
+    _add_settings(e, "explain", (*CLUSTER_SETTINGS, *_diff_nftlb_settings()))
+    e.add_argument(
+        "--state", metavar="FILE", help="a saved GET /farms answer, instead of --nftlb-url"
+    )
+    e.add_argument(
+        "-o",
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="output format (default: text)",
+    )
+    e.set_defaults(func=cmd_explain)
+
     r = sub.add_parser("run", help="the node agent: keep nftlb equal to the cluster's Services")
     _add_settings(r, "run", (*CLUSTER_SETTINGS, *NFTLB_SETTINGS, *RUN_SETTINGS))
     r.add_argument("--once", action="store_true", help="one full sync, then exit (0 ok, 1 failed)")
@@ -517,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the whole loop on the built-in example cluster (root; a few seconds)"
     )
     demo.set_defaults(func=cmd_demo)
-    for p in (render, d, r, demo):
+    for p in (render, d, e, r, demo):
         _version(p)
     return parser
 
