@@ -191,7 +191,8 @@ def test_the_key_file_is_whole_group_readable_and_alone(start: Start, key_dir: P
     assert stat.S_IMODE(st.st_mode) == 0o440
     assert (st.st_uid, st.st_gid) == (0, RECONCILER_GID)
     assert re.fullmatch(r"[0-9a-f]{64}\n", c.key_file.read_text())
-    assert [p.name for p in key_dir.iterdir()] == ["key"]  # no temp file left behind
+    # No temp file left behind: the key, and the FIFO nftlb's log goes through.
+    assert sorted(p.name for p in key_dir.iterdir()) == [".nftlb-log", "key"]
 
 
 def test_nftlb_answers_with_the_key_on_loopback_only(start: Start) -> None:
@@ -278,3 +279,55 @@ def test_a_restarted_container_keeps_the_pods_key(start: Start) -> None:
     assert second.key() == key
     assert second.http("GET", "/farms", key)[0] == 200
     assert "reusing the API key" in second.logs()
+
+
+def test_nftlbs_failures_reach_the_log_and_the_events_file_and_its_key_never_does(
+    start: Start, key_dir: Path
+) -> None:
+    """nftlb says that nft refused a batch and that it rebuilt everything only in its log; the
+    script's filter keeps those lines for the reconciler (nftlb-events.log, read by the
+    watchdog) and puts <redacted> wherever the key would appear (here in a request body that
+    nftlb logs at -l 5)."""
+    c = start()
+    key = c.key()
+    clash = {
+        "farms": [
+            {
+                "name": "web",
+                "virtual-addr": "10.0.0.100",
+                "virtual-ports": "80",
+                "backends": [
+                    {
+                        "name": "a",
+                        "ip-addr": "10.1.0.1",
+                        "port": "80",
+                        "mark": "0x1",
+                        "state": "up",
+                    },
+                    {
+                        "name": "b",
+                        "ip-addr": "10.1.0.2",
+                        "port": "80",
+                        "mark": "0x1",
+                        "state": "up",
+                    },
+                ],
+            }
+        ]
+    }
+    assert c.http("POST", "/farms", key, clash)[0] == 200  # nftlb says success, nft refused
+    assert c.http("POST", "/farms", key, {"farms": [{"name": key, "mode": "snat"}]})[0] == 200
+    events = key_dir / "nftlb-events.log"
+    deadline = time.monotonic() + 10
+    while "nft recovered" not in (events.read_text() if events.exists() else ""):
+        assert time.monotonic() < deadline, c.logs()
+        time.sleep(0.05)
+    lines = events.read_text().splitlines()
+    assert any(line.startswith("nft command error") for line in lines)
+    assert "recovery in progress..." in lines
+    c.stop()
+    logs = c.logs()
+    assert "nft command error" in logs and "recovery in progress" in logs
+    assert key not in logs and key not in events.read_text()
+    assert "<redacted>" in logs  # the request body naming the key was logged, redacted
+    assert c.stdout.read_bytes() == b""

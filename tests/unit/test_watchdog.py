@@ -123,3 +123,61 @@ def test_a_table_expected_but_never_seen_fires_once_until_seen() -> None:
     assert dog.check() == []
     kernel.tables = {}
     assert dog.check() == ["nftlb"]
+
+
+class AllLog(Log):
+    def error(self, event: str, **kw: Any) -> None:
+        self.lines.append((event, kw))
+
+
+def test_nftlbs_failure_lines_are_logged_and_counted_from_where_the_agent_started(
+    tmp_path: Any,
+) -> None:
+    from reconciler.agent.watchdog import NftlbLogProbe
+
+    path = tmp_path / "nftlb-events.log"
+    path.write_text("nft command error : from before this agent\n")
+    log, metrics = AllLog(), Metrics()
+    probe = NftlbLogProbe(str(path), metrics, log)
+    assert probe.poll() is None and log.lines == []  # old lines were seen by the last agent
+    with path.open("a") as f:
+        f.write("nft command error : Error: Could not process rule: File exists\n")
+        f.write("recovery in progress...\nnft recov")  # the last line still being written
+    assert probe.poll() is None
+    with path.open("a") as f:
+        f.write("ered...\n")
+    probe.poll()
+    assert log.lines == [
+        (
+            "nftlb.log",
+            {
+                "kind": "nft-error",
+                "line": "nft command error : Error: Could not process rule: File exists",
+            },
+        ),
+        ("nftlb.log", {"kind": "recovery", "line": "recovery in progress..."}),
+        ("nftlb.log", {"kind": "recovered", "line": "nft recovered..."}),
+    ]
+
+    def lines(kind: str) -> float:
+        value = metrics.registry.get_sample_value(
+            "kube_nftlb_nftlb_log_lines_total", {"kind": kind}
+        )
+        return value or 0.0
+
+    assert (lines("nft-error"), lines("recovery"), lines("recovered")) == (1, 1, 1)
+    path.write_text("recovery in progress...\n")  # the script emptied it past 1000 lines
+    probe.poll()
+    assert lines("recovery") == 2
+
+
+def test_a_missing_events_file_is_read_from_its_start_once_it_appears(tmp_path: Any) -> None:
+    from reconciler.agent.watchdog import NftlbLogProbe
+
+    path = tmp_path / "nftlb-events.log"
+    log, metrics = AllLog(), Metrics()
+    probe = NftlbLogProbe(str(path), metrics, log)
+    assert probe.poll() is None
+    path.write_text("nft command error : x\n")
+    probe.poll()
+    assert [kw["kind"] for _, kw in log.lines] == ["nft-error"]

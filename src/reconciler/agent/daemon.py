@@ -20,7 +20,13 @@ from reconciler.agent.health import ProxyHealthServer, ProxyHealthTracker, Servi
 from reconciler.agent.http import HttpServers, parse_address
 from reconciler.agent.logs import get_logger
 from reconciler.agent.metrics import HealthServer, Metrics
-from reconciler.agent.watchdog import DEFAULT_INTERVAL, NFTLB_TABLES, TablesProbe, Watchdog
+from reconciler.agent.watchdog import (
+    DEFAULT_INTERVAL,
+    NFTLB_TABLES,
+    NftlbLogProbe,
+    TablesProbe,
+    Watchdog,
+)
 from reconciler.core.health import TIMEOUT_SYNC_PERIODS
 from reconciler.core.kube import (
     EndpointSlice,
@@ -54,6 +60,8 @@ class DaemonOptions:
     events: bool = True
     #: How often the watchdog looks for an nftlb restart (seconds; 0: never).
     probe_interval: float = DEFAULT_INTERVAL
+    #: nftlb's failure lines, kept by its start script ("": not read).
+    nftlb_events_file: str = ""
 
 
 def _parser(
@@ -213,6 +221,8 @@ class Daemon:
             self.watchdog.add(
                 TablesProbe("nftlb", NFTLB_TABLES, self.tables.read, self.controller.nftlb_tables)
             )
+        if options.nftlb_events_file:
+            self.watchdog.add(NftlbLogProbe(options.nftlb_events_file, self.metrics, self.log))
         self.health: HealthServer | None = None
         self._loop = True
         self._stopped = threading.Event()

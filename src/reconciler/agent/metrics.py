@@ -173,6 +173,12 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        self.nftlb_log_lines = Counter(
+            f"{p}nftlb_log_lines_total",
+            "nftlb's own failure lines (nft refused a batch, a rebuild of every rule), by kind.",
+            ["kind"],
+            registry=r,
+        )
         self.desired_farms = Gauge(
             f"{p}desired_farms", "Farms the cluster state asks for.", registry=r
         )

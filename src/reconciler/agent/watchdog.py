@@ -133,3 +133,52 @@ class Watchdog:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+#: What the lines of nftlb's events file (deploy/image/nftlb-start.sh) mean.
+NFTLB_LINE_KINDS: tuple[tuple[str, str], ...] = (
+    ("nft command error", "nft-error"),
+    ("recovery in progress", "recovery"),
+    ("nft recovered", "recovered"),
+)
+MAX_LINE = 500
+
+
+class NftlbLogProbe:
+    """Reads the lines nftlb's start script keeps of nftlb's failures (nft refused a batch,
+    nftlb rebuilt everything), logs each (``nftlb.log``) and counts it
+    (``kube_nftlb_nftlb_log_lines_total{kind}``). The script has already put ``<redacted>`` in
+    place of the key, and the agent's logger scrubs it again (`logs.redact`). Never fires: a
+    rebuild also makes nftlb's tables again, which `TablesProbe` notices."""
+
+    target = "nftlb-log"
+
+    def __init__(self, path: str, metrics: Metrics, log: Any) -> None:
+        self._path = path
+        self._metrics = metrics
+        self._log = log
+        self._offset: int | None = None  # None: not read yet (start at its end)
+        self._rest = b""
+
+    def poll(self) -> str | None:
+        try:
+            with open(self._path, "rb") as f:
+                size = f.seek(0, 2)
+                if self._offset is None:
+                    self._offset = size  # lines from before this agent started were seen
+                if size < self._offset:
+                    self._offset, self._rest = 0, b""  # the script emptied it
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            self._offset = self._offset or 0
+            return None
+        self._offset += len(data)
+        *lines, self._rest = (self._rest + data).split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", "replace")[:MAX_LINE]
+            kind = next((k for text, k in NFTLB_LINE_KINDS if text in line), "other")
+            self._metrics.nftlb_log_lines.labels(kind=kind).inc()
+            log = self._log.error if kind == "nft-error" else self._log.warning
+            log("nftlb.log", kind=kind, line=line)
+        return None

@@ -416,6 +416,8 @@ def cmd_run(args: argparse.Namespace, settings: Resolved) -> int:
         healthz_address=args.healthz_bind_address,
         health_check_host=args.health_check_node_port_address,
         conntrack_cleanup=args.conntrack_cleanup,
+        # nftlb's failure lines, which the nftlb container's start script keeps beside the key.
+        nftlb_events_file=str(Path(args.nftlb_key_file).parent / "nftlb-events.log"),
     )
     try:
         daemon = Daemon(options, api_client)
