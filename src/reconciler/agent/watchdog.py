@@ -179,6 +179,8 @@ class NftlbLogProbe:
             line = raw.decode("utf-8", "replace")[:MAX_LINE]
             kind = next((k for text, k in NFTLB_LINE_KINDS if text in line), "other")
             self._metrics.nftlb_log_lines.labels(kind=kind).inc()
-            log = self._log.error if kind == "nft-error" else self._log.warning
-            log("nftlb.log", kind=kind, line=line)
+            if kind == "nft-error":
+                self._log.error("nftlb.log", kind=kind, line=line)
+            else:
+                self._log.warning("nftlb.log", kind=kind, line=line)
         return None
