@@ -137,3 +137,11 @@ def test_without_node_rules_settings_no_table_is_managed() -> None:
         Settings("n1"), client, services, slices, nodes, Metrics(), get_logger(), node_table=kernel
     )
     assert controller.sync_full().ok and kernel.log == []
+
+
+def test_the_watchdog_expects_our_table_once_it_is_written() -> None:
+    controller, _, services, _ = world()
+    assert controller.node_tables() == set()
+    services.items[("default", "web")] = service()
+    assert controller.sync_full().ok
+    assert controller.node_tables() == {("inet", "kube-nftlb")}

@@ -41,6 +41,8 @@ from reconciler.core.health import ServiceHealth, health_check_ports, service_he
 from reconciler.core.kube import ClusterState, EndpointSlice, Node, Service
 from reconciler.core.node_diff import RuleIndex, delta_commands, diff_tables
 from reconciler.core.node_rules import (
+    TABLE_FAMILY,
+    TABLE_NAME,
     Chain,
     Element,
     FrontendFarm,
@@ -317,6 +319,13 @@ class Controller:
         """The nftlb tables that must exist: those of the families of the farms programmed."""
         families = {f.family for f in list(self._actual.values())}
         return {("ip" if f is Family.IPV4 else "ip6", "nftlb") for f in families}
+
+    def node_tables(self) -> set[tuple[str, str]]:
+        """Our own table, once written: the watchdog then notices it vanishing (deleted behind
+        our back, a flushed ruleset) within about a second instead of at the next resync."""
+        if self._table is None or self._skeleton is None:
+            return set()
+        return {(TABLE_FAMILY, TABLE_NAME)}
 
     def restarted(self, target: str) -> None:
         """The watchdog saw `target` (nftlb, or a table of ours) restart: a full sync now, even

@@ -36,6 +36,7 @@ from reconciler.core.kube import (
     parse_node,
     parse_service,
 )
+from reconciler.core.node_rules import TABLE_FAMILY, TABLE_NAME
 from reconciler.core.problems import Problem
 from reconciler.kernel.nftables import NftablesError, NodeTableWriter
 from reconciler.kernel.tables import KernelTables
@@ -221,6 +222,15 @@ class Daemon:
             self.watchdog.add(
                 TablesProbe("nftlb", NFTLB_TABLES, self.tables.read, self.controller.nftlb_tables)
             )
+            if table is not None:
+                self.watchdog.add(
+                    TablesProbe(
+                        "node-table",
+                        [(TABLE_FAMILY, TABLE_NAME)],
+                        self.tables.read,
+                        self.controller.node_tables,
+                    )
+                )
         if options.nftlb_events_file:
             self.watchdog.add(NftlbLogProbe(options.nftlb_events_file, self.metrics, self.log))
         self.health: HealthServer | None = None
