@@ -189,6 +189,9 @@ def test_bad_annotation_gives_an_event_and_a_log_line_while_others_are_served(
         what="event",
     )
     assert events[0]["type"] == "Warning" and events[0]["reason"] == "InvalidAnnotation"
+    legacy = fake.get("Service", "default", "legacy")
+    assert legacy is not None  # `kubectl describe service` finds its Events by uid
+    assert events[0]["involvedObject"]["uid"] == legacy["metadata"]["uid"]
     assert "roundrobin" in events[0]["message"] and "rr" in events[0]["message"]
     lines = [x for x in agent.events("service.problem") if x["service"] == "default/legacy"]
     assert len(lines) == 1 and lines[0]["value"] == "roundrobin"
