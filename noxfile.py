@@ -79,6 +79,18 @@ def bench(session: nox.Session) -> None:
         *session.posargs,
         external=True,
     )
+    # The outage window after an nftlb restart, against the bulk-POST floor (issue 11).
+    session.run(
+        "unshare",
+        "-n",
+        "env",
+        "KUBE_NFTLB_BENCH_NETNS=1",
+        sys.executable,
+        "-m",
+        "benchmarks.node_safe",
+        *session.posargs,
+        external=True,
+    )
 
 
 @nox.session(name="bench_table")
