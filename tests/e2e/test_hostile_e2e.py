@@ -3,6 +3,7 @@ nftlb daemon (issue 16)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -131,3 +132,44 @@ def test_a_non_ascii_key_file_is_a_clear_start_up_error(
     agent.process = None
     text = agent.logs[-1].read_text()
     assert "not printable ASCII" in text and str(key) in text
+
+
+def test_foreign_farms_are_never_touched_and_one_on_a_frontend_is_a_conflict(
+    tmp_path: Path, api: FakeApiServer, clean_daemon: NftlbDaemon
+) -> None:
+    """Farms under our prefix that kube-nftlb did not make were deleted; one holding a
+    Service's frontend kept its traffic while the agent said ready and diff said no changes."""
+    ghost = {"name": "k8s.default.ghost.http.tcp.v4", "virtual-addr": "10.96.0.88"}
+    squatter = {"name": "lb01", "virtual-addr": "10.96.0.20"}  # web's cluster IP
+    farms = [
+        {**f, "family": "ipv4", "virtual-ports": "80", "protocol": "tcp", "state": "up"}
+        for f in (ghost, squatter)
+    ]
+    headers = {"Key": clean_daemon.key}
+    r = httpx.post(clean_daemon.url + "/farms", json={"farms": farms}, headers=headers)
+    assert r.status_code == 200
+    with clean_daemon.client() as c:
+        before = {f["name"]: f for f in c.get_farms_document()["farms"]}
+    api.seed(load_paths([EXAMPLES]))
+    with running(tmp_path, api, clean_daemon) as agent:
+        wait_until(lambda: "k8s.default.cart.http.tcp.v4" in agent.farms(), what="programmed")
+        events = wait_until(
+            lambda: [e for e in api.objects("Event", "default") if e["reason"] == "ForeignFarm"],
+            what="ForeignFarm event",
+        )
+        assert events[0]["involvedObject"]["name"] == "web" and "lb01" in events[0]["message"]
+        time.sleep(2.5)  # a full resync more
+        with clean_daemon.client() as c:
+            now = {f["name"]: f for f in c.get_farms_document()["farms"]}
+        assert now[ghost["name"]] == before[ghost["name"]]
+        assert now["lb01"] == before["lb01"]
+        assert WEB not in now
+        assert all(
+            f.get("log-prefix") == "kube-nftlb TYPE-FNAME "
+            for n, f in now.items()
+            if n not in before
+        )
+        _, metrics = agent.http("/metrics")
+        assert "kube_nftlb_foreign_conflicts 1.0" in metrics
+        deletes = [x for x in agent.events("nftlb.operation") if x["op"] == "delete-farm"]
+        assert deletes == []

@@ -29,7 +29,7 @@ from reconciler.core.farms import (
 )
 from reconciler.core.names import FarmKey, address_name, backend_name, farm_name
 from reconciler.core.plan import Operation, OpKind, Plan
-from reconciler.core.wire import ReadBack, Request, farm_body, update_body
+from reconciler.core.wire import ReadBack, Request, farm_body, marked_body, update_body
 from reconciler.nftlb.client import (
     UNAUTHORIZED_MESSAGE,
     NftlbClient,
@@ -506,8 +506,16 @@ class TestIpv6Repair:
         assert recorder.seen[1:] == [
             ("DELETE", f"/farms/{a.name}", None),
             ("GET", "/farms", None),
-            ("POST", "/farms", {"farms": [{"name": b.name, "est-connlimit": "0"}]}),
-            ("POST", "/farms", {"farms": [{"name": b.name, "est-connlimit": "5"}]}),
+            (
+                "POST",
+                "/farms",
+                {"farms": [{**marked_body(b.name), "est-connlimit": "0"}]},
+            ),
+            (
+                "POST",
+                "/farms",
+                {"farms": [{**marked_body(b.name), "est-connlimit": "5"}]},
+            ),
         ]
         assert recorded.get_farms().owned == tuple(sorted([b, v4], key=lambda f: f.name))
 

@@ -21,6 +21,7 @@ from reconciler.core.farms import (
     validate_farm,
 )
 from reconciler.core.names import FarmKey, address_name, backend_name, farm_name
+from reconciler.core.ownership import OWNER_LOG_PREFIX
 from reconciler.core.plan import Operation, OpKind
 from reconciler.core.wire import (
     MAX_URI,
@@ -29,6 +30,7 @@ from reconciler.core.wire import (
     farm_body,
     farm_path,
     farms_document,
+    marked_body,
     parse_farm,
     parse_farms,
     requests_for,
@@ -68,6 +70,7 @@ def echo(farm: Farm) -> dict[str, Any]:
         "persist-ttl": body["persist-ttl"],
         "helper": body["helper"],
         "log": body["log"],
+        "log-prefix": body["log-prefix"],  # shown because it is not nftlb's default
         "log-rtlimit": "0/second",
         "mark": "0x0",
         "priority": "1",
@@ -116,6 +119,7 @@ class TestFarmBody:
             "log",
             "est-connlimit",
             "intra-connect",
+            "log-prefix",
             "state",
             "backends",
         ]
@@ -199,17 +203,26 @@ class TestFarmBody:
         assert farms_document([]) == {"farms": []}
 
 
+MARKER = {"log-prefix": OWNER_LOG_PREFIX}
+
+
 class TestUpdates:
     def test_only_the_fields_in_order(self) -> None:
         farm = make_farm(mode=Mode.DNAT, est_connlimit=4, helper=Helper.SIP)
         body = update_body(farm, ["est_connlimit", "mode", "helper"])
-        assert body == {"name": NAME, "mode": "dnat", "helper": "sip", "est-connlimit": "4"}
-        assert list(body) == ["name", "mode", "helper", "est-connlimit"]
+        assert body == {
+            "name": NAME,
+            "mode": "dnat",
+            "helper": "sip",
+            "est-connlimit": "4",
+            "log-prefix": OWNER_LOG_PREFIX,  # the ownership marker, on every POST
+        }
+        assert list(body) == ["name", "mode", "helper", "est-connlimit", "log-prefix"]
 
     def test_sched_param_follows_scheduler(self) -> None:
         farm = make_farm(scheduler=Scheduler.HASH, sched_param=("dstip",))
         body = update_body(farm, ["scheduler"])
-        assert list(body) == ["name", "scheduler", "sched-param"]
+        assert list(body) == ["name", "scheduler", "sched-param", "log-prefix"]
         assert body["sched-param"] == "dstip"
         assert update_body(make_farm(), ["scheduler"])["sched-param"] == "none"
 
@@ -229,8 +242,16 @@ class TestUpdates:
             "virtual-addr": "10.96.0.99",
             "virtual-ports": "8080",
             "protocol": "tcp",
+            "log-prefix": OWNER_LOG_PREFIX,
         }
-        assert list(body) == ["name", "family", "virtual-addr", "virtual-ports", "protocol"]
+        assert list(body) == [
+            "name",
+            "family",
+            "virtual-addr",
+            "virtual-ports",
+            "protocol",
+            "log-prefix",
+        ]
         both = update_body(evolve(moved, helper=Helper.FTP), ["helper", "addresses"])
         assert list(both) == [
             "name",
@@ -239,6 +260,7 @@ class TestUpdates:
             "virtual-ports",
             "protocol",
             "helper",
+            "log-prefix",
         ]
 
 
@@ -259,10 +281,16 @@ class TestRequests:
         assert got[OpKind.DELETE_BACKEND] == [Request("DELETE", f"/farms/{NAME}/backends/{b.name}")]
         assert got[OpKind.CREATE_FARM] == [Request("POST", "/farms", farms_document([farm]))]
         assert got[OpKind.UPDATE_FARM] == [
-            Request("POST", "/farms", {"farms": [{"name": NAME, "log": "none"}]})
+            Request(
+                "POST",
+                "/farms",
+                {"farms": [{"name": NAME, "log": "none", "log-prefix": OWNER_LOG_PREFIX}]},
+            )
         ]
         upsert = got[OpKind.UPSERT_BACKENDS][0].body
-        assert upsert == {"farms": [{"name": NAME, "backends": farm_body(farm)["backends"][:1]}]}
+        assert upsert == {
+            "farms": [{**marked_body(NAME), "backends": farm_body(farm)["backends"][:1]}]
+        }
 
     def test_nothing_to_send(self) -> None:
         farm = make_farm()

@@ -53,6 +53,7 @@ from reconciler.core.node_rules import (
     skeleton,
     table_of,
 )
+from reconciler.core.ownership import Conflict, ForeignFarm, conflict_problem, foreign_conflicts
 from reconciler.core.plan import Plan
 from reconciler.core.problems import ObjectRef, Problem
 from reconciler.kernel.nftables import NftablesError
@@ -222,6 +223,10 @@ class Controller:
         self._slices: dict[ServiceKey, dict[tuple[str, str], EndpointSlice]] = {}
         self._node: Node | None = None
         self._actual: dict[str, Farm] = {}
+        # Farms in nftlb without kube-nftlb's marker, as read at the last full sync, and the
+        # desired farms withheld because one of them holds their name or frontend.
+        self._foreign: tuple[ForeignFarm, ...] = ()
+        self._conflicts: dict[str, Conflict] = {}
         self._bucket = _Bucket(settings.sync_burst, settings.min_sync_interval)
         self._next_full = 0.0
         self._failures = 0
@@ -539,6 +544,25 @@ class Controller:
         problems = tuple(p for ps in self._problems_of.values() for p in ps)
         return Desired(tuple(wanted.values()), problems)
 
+    @property
+    def conflicts(self) -> tuple[Conflict, ...]:
+        """Desired farms withheld because a foreign farm holds their name or frontend."""
+        return tuple(sorted(self._conflicts.values()))
+
+    def _withhold(self, desired: Desired, farms: Iterable[Farm]) -> tuple[Desired, list[Farm]]:
+        """The farms that may be sent: none whose name or frontend a foreign farm holds (as read
+        at the last full sync); each one withheld is a ForeignFarm problem of its Service."""
+        farms = list(farms)
+        for c in foreign_conflicts(farms, self._foreign) if self._foreign else ():
+            self._conflicts[c.farm] = c
+        self.metrics.foreign_conflicts.set(len(self._conflicts))
+        if not self._conflicts:
+            return desired, farms
+        owner = {n: k for k, names in self._farms_of.items() for n in names if n in self._conflicts}
+        problems = [conflict_problem(c, owner[c.farm]) for c in self.conflicts if c.farm in owner]
+        kept = [f for f in farms if f.name not in self._conflicts]
+        return evolve(desired, problems=(*desired.problems, *problems)), kept
+
     def sync_full(self) -> SyncResult:
         """Everything: recompute all Services, read nftlb back, correct any drift."""
         started = time.perf_counter()
@@ -554,7 +578,10 @@ class Controller:
             wanted = self._wanted
             read = self.nftlb.get_farms()
             self.metrics.nftlb_requests.labels(outcome="success").inc()
-            marked = marked_farms(desired.farms, read.owned)
+            self._foreign = read.foreign_farms
+            self._conflicts = {}
+            desired, kept = self._withhold(desired, desired.farms)
+            marked = marked_farms(kept, read.owned)
             plan = diff_marked(marked, read.owned, read.unparsable)
             result = self._apply("full", plan, desired)
             self._actual = marked
@@ -592,7 +619,10 @@ class Controller:
             if wanted.get(n) != was or (n in wanted) != (n in self._actual)
         }
         held = [self._actual[n] for n in changed if n in self._actual]
-        marked = marked_farms((wanted[n] for n in changed if n in wanted), held)
+        for n in changed:
+            self._conflicts.pop(n, None)
+        desired, kept = self._withhold(desired, (wanted[n] for n in changed if n in wanted))
+        marked = marked_farms(kept, held)
         plan = diff_marked(marked, held)
         try:
             result = self._apply("partial", plan, desired)

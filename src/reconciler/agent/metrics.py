@@ -149,6 +149,12 @@ class Metrics:
         self.sync_errors = Counter(
             f"{p}sync_errors_total", "Syncs that failed, by kind.", ["kind"], registry=r
         )
+        self.foreign_conflicts = Gauge(
+            f"{p}foreign_conflicts",
+            "Desired farms not programmed because a farm kube-nftlb did not make holds their "
+            "name or frontend.",
+            registry=r,
+        )
         self.unexpected_errors = Counter(
             f"{p}unexpected_errors_total",
             "Exceptions no handler expected (a bug), caught so that the loop goes on, by where.",

@@ -35,6 +35,7 @@ from reconciler.core.desired import Desired, desired_farms
 from reconciler.core.diff import diff_marked, marked_farms
 from reconciler.core.farms import Farm, assign_marks
 from reconciler.core.kube import ClusterState, parse_objects
+from reconciler.core.ownership import Conflict, foreign_conflicts
 from reconciler.core.plan import Plan, render_text
 from reconciler.core.problems import Problem
 from reconciler.core.wire import ReadBack, farms_document, parse_farms
@@ -344,9 +345,17 @@ def read_nftlb(args: argparse.Namespace, settings: Resolved) -> ReadBack | None:
 
 def plan_for(desired: Desired, read: ReadBack) -> Plan:
     """Exactly the plan `run`'s full sync makes from the same desired farms and read-back
-    (the controller's `sync_full`): broken owned farms are replaced, not ignored."""
-    marked = marked_farms(desired.farms, read.owned)
+    (the controller's `sync_full`): broken owned farms are replaced, not ignored, and farms a
+    foreign farm holds (`conflicts_for`) are not sent."""
+    withheld = {c.farm for c in conflicts_for(desired, read)}
+    marked = marked_farms((f for f in desired.farms if f.name not in withheld), read.owned)
     return diff_marked(marked, read.owned, read.unparsable)
+
+
+def conflicts_for(desired: Desired, read: ReadBack) -> list[Conflict]:
+    """Desired farms whose name or frontend a farm kube-nftlb did not make holds
+    (`ownership.py`): not sent, and told to the Service as ForeignFarm problems."""
+    return foreign_conflicts(desired.farms, read.foreign_farms)
 
 
 def cmd_diff(args: argparse.Namespace, settings: Resolved) -> int:
@@ -356,11 +365,22 @@ def cmd_diff(args: argparse.Namespace, settings: Resolved) -> int:
         warn("neither --nftlb-url nor --state given: comparing with an empty nftlb")
         read = ReadBack(())
     plan = plan_for(desired, read)
+    conflicts = conflicts_for(desired, read)
     if args.output == "json":
-        sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
+        doc = plan.to_json()
+        doc["conflicts"] = [c.to_json() for c in conflicts]
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
-        sys.stdout.write(render_text(plan))
-    return EXIT_CHANGES if plan else EXIT_OK
+        if plan or not conflicts:
+            sys.stdout.write(render_text(plan))
+        else:
+            sys.stdout.write(
+                f"No changes to send, but {len(conflicts)} desired farm(s) are held by farms "
+                "kube-nftlb did not make, and are not programmed:\n"
+            )
+        for c in conflicts:
+            sys.stdout.write(f"! conflict {c.farm}: {c.message()}\n")
+    return EXIT_CHANGES if plan or conflicts else EXIT_OK
 
 
 # -- run ---------------------------------------------------------------------------------------

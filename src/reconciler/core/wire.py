@@ -55,6 +55,13 @@ from reconciler.core.farms import (
 )
 from reconciler.core.farms_stream import farm_entries
 from reconciler.core.names import is_owned
+from reconciler.core.ownership import (
+    LOG_PREFIX_KEY,
+    OWNER_LOG_PREFIX,
+    ForeignFarm,
+    foreign_farm,
+    is_marked,
+)
 from reconciler.core.plan import Operation, OpKind
 
 #: A JSON object as sent to or read from nftlb.
@@ -136,6 +143,7 @@ def farm_body(farm: Farm) -> JSONObject:
     _frontend(body, farm)
     for field_name, key in FIELD_KEYS.items():
         body[key] = field_value(farm, field_name)
+    body[LOG_PREFIX_KEY] = OWNER_LOG_PREFIX  # the ownership marker (`ownership.py`)
     body["state"] = "up"
     body["backends"] = [backend_body(b) for b in farm.backends]
     return body
@@ -164,7 +172,18 @@ def update_body(farm: Farm, fields: Iterable[str]) -> JSONObject:
     for field_name, key in FIELD_KEYS.items():
         if field_name in wanted:
             body[key] = field_value(farm, field_name)
+    body[LOG_PREFIX_KEY] = OWNER_LOG_PREFIX  # see `marked_body`
     return body
+
+
+def marked_body(name: str) -> JSONObject:
+    """``name`` and the ownership marker: the head of every farm POST that is not a whole farm.
+
+    A POST for a farm nftlb does not hold creates it (after an nftlb restart the reconciler
+    may still think it is there); with the marker, the next full sync knows it for its own
+    and repairs it. Re-sending the unchanged marker costs nothing (no nft call; checked).
+    """
+    return {"name": name, LOG_PREFIX_KEY: OWNER_LOG_PREFIX}
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,7 +271,7 @@ def requests_for(op: Operation) -> list[Request]:
     if kind is OpKind.UPSERT_BACKENDS:
         if not op.backends:
             return []
-        body: JSONObject = {"name": op.farm_name}
+        body = marked_body(op.farm_name)
         body["backends"] = [backend_body(b) for b in op.backends]
         return [post_farms_request([body])]
     raise ValueError(f"unknown operation kind {kind!r}")  # pragma: no cover
@@ -267,13 +286,21 @@ def requests_for(op: Operation) -> list[Request]:
 class ReadBack:
     """``GET /farms`` sorted out: owned farms as models, and the names of everything else.
 
-    `foreign` farms are never touched. `unparsable` are owned farms the model cannot represent;
-    the diff should replace them.
+    `foreign` farms are never touched: every farm without kube-nftlb's marker is one, even
+    under a name of ours (`ownership.py`); `foreign_farms` says what each matches, for the
+    conflicts with desired farms. `unparsable` are owned farms the model cannot represent; the
+    diff should replace them.
     """
 
     owned: tuple[Farm, ...] = ()
     foreign: tuple[str, ...] = ()
     unparsable: tuple[str, ...] = ()
+    foreign_farms: tuple[ForeignFarm, ...] = ()
+
+    @property
+    def unmarked(self) -> tuple[str, ...]:
+        """Foreign farms under names of ours: an older kube-nftlb's, or look-alikes."""
+        return tuple(n for n in self.foreign if is_owned(n))
 
     def by_name(self) -> dict[str, Farm]:
         return {f.name: f for f in self.owned}
@@ -411,14 +438,14 @@ def read_back(entries: Iterable[object]) -> ReadBack:
     see `farms_stream`, never needs to be held whole); raises ValueError for an entry that is not
     a named object."""
     owned: list[Farm] = []
-    foreign: list[str] = []
+    foreign: list[ForeignFarm] = []
     unparsable: list[str] = []
     for entry in entries:
         if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
             raise ValueError(f"GET /farms returned a farm without a name: {entry!r:.100}")
         name: str = entry["name"]
-        if not is_owned(name):
-            foreign.append(name)
+        if not (is_owned(name) and is_marked(entry)):
+            foreign.append(foreign_farm(entry))
             continue
         farm = parse_farm(entry)
         if farm is None:
@@ -426,4 +453,10 @@ def read_back(entries: Iterable[object]) -> ReadBack:
         else:
             owned.append(farm)
     owned.sort(key=lambda f: f.name)
-    return ReadBack(tuple(owned), tuple(sorted(foreign)), tuple(sorted(unparsable)))
+    foreign.sort()
+    return ReadBack(
+        tuple(owned),
+        tuple(f.name for f in foreign),
+        tuple(sorted(unparsable)),
+        tuple(foreign),
+    )

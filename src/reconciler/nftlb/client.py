@@ -101,6 +101,7 @@ from reconciler.core.wire import (
     Request,
     farm_body,
     farm_path,
+    marked_body,
     parse_farm,
     post_farms_request,
     read_back,
@@ -560,7 +561,7 @@ class NftlbClient:
             return 0
         limit = targets[target]
         for value in (0 if limit else 1, limit):
-            request = post_farms_request([{"name": target, "est-connlimit": str(value)}])
+            request = post_farms_request([{**marked_body(target), "est-connlimit": str(value)}])
             try:
                 self.send(request)
             except NftlbRejected as exc:
