@@ -173,3 +173,37 @@ def test_foreign_farms_are_never_touched_and_one_on_a_frontend_is_a_conflict(
         assert "kube_nftlb_foreign_conflicts 1.0" in metrics
         deletes = [x for x in agent.events("nftlb.operation") if x["op"] == "delete-farm"]
         assert deletes == []
+
+
+def test_poison_watch_lines_neither_wedge_nor_hot_loop_the_agent(
+    tmp_path: Path, api: FakeApiServer, clean_daemon: NftlbDaemon
+) -> None:
+    api.seed(load_paths([EXAMPLES]))
+    with running(tmp_path, api, clean_daemon) as agent:
+        wait_until(lambda: WEB in agent.farms(), what="web programmed")
+        # Every Services watch from now on opens with a line it cannot get past.
+        api.inject_watch_lines([{"type": "MODIFIED"}], "/services", times=10_000)  # no object
+        # Every EndpointSlices watch sends one (valid, old) event and closes.
+        one = next(o for o in api.objects("EndpointSlice", "default"))
+        event = {"type": "MODIFIED", "object": one}
+        api.inject_watch_lines([event], "/endpointslices", times=10_000, close=True)
+        api.clear_requests()
+        api.close_watches()
+        svc = api.get("Service", "default", "web")
+        assert svc is not None
+        svc["metadata"].setdefault("annotations", {})[
+            "service.kubernetes.io/kube-nftlb-load-balancer-scheduler"
+        ] = "weight"
+        api.apply(svc)
+        wait_until(
+            lambda: agent.farms()[WEB].scheduler.value == "weight", what="a later Service change"
+        )
+        time.sleep(3)
+        slice_watches = [
+            r
+            for r in api.requests
+            if "/endpointslices" in r.path and r.query.get("watch") in ("true", "True")
+        ]
+        # Watches that close at once back off; before, they were re-made dozens of times a second.
+        assert len(slice_watches) < 25
+        wait_until(lambda: agent.http("/readyz")[0] == 200, what="ready")

@@ -372,8 +372,9 @@ RUN_SETTINGS = (
     Setting(
         "--watch-stall-timeout",
         "KUBE_NFTLB_WATCH_STALL_TIMEOUT",
-        "",
-        "restart a watch that sends nothing for this long",
+        "75s",
+        "restart a watch that sends nothing for this long (a half-open connection); the API "
+        "server sends a bookmark about once a minute, so a healthy quiet watch is not restarted",
         parse=optional_positive_duration,
         metavar="DURATION",
         empty="watch timeout + 30s",

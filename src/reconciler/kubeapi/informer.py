@@ -57,14 +57,25 @@ T = TypeVar("T")
 JsonDict = dict[str, Any]
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 #: Why a watch ended and a new one (or a relist) follows; the values `on_restart` receives.
-RestartReason = Literal["expired", "stalled", "disconnected", "error", "timeout"]
+RestartReason = Literal["expired", "stalled", "disconnected", "error", "timeout", "poison"]
 RESTART_REASONS: tuple[RestartReason, ...] = (
     "expired",
     "stalled",
     "disconnected",
     "error",
     "timeout",
+    "poison",
 )
+#: The default client-side read timeout of a watch: a half-open (silent) connection is noticed
+#: within it. A real API server sends a bookmark about once a minute to a watch that asked.
+INACTIVITY_TIMEOUT = 75.0
+#: A watch open this long that delivers a new resourceVersion is real progress: only then (or
+#: when a watch lasts until its server timeout) is the backoff reset. A server that sends one
+#: event and closes, or a bad line, therefore backs off instead of reconnecting at once.
+HEALTHY_WATCH = 1.0
+#: What the official client raises from inside its generator for a line it cannot unmarshal: an
+#: event without ``object`` (KeyError), ``metadata: null`` (TypeError), an ERROR without ``code``.
+_POISON = (KeyError, TypeError, AttributeError, ValueError, IndexError)
 
 
 def default_key(raw: Mapping[str, Any]) -> Hashable:
@@ -132,13 +143,19 @@ class InformerStats:
     watches: int
     events: int
     bookmarks: int
+    poison_events: int
     parse_failures: int
     handler_errors: int
     restarts: Mapping[str, int]
 
 
 class _StallError(Exception):
-    """Marker: a watch that delivered nothing and ended at once, as a silent 410 does."""
+    """Marker: a watch that ended long before its server timeout (a silent 410 does, and so
+    does a server that sends one event and closes): back off before the next one."""
+
+
+class _PoisonError(Exception):
+    """A watch line the client could not unmarshal; the watch cannot go past it, so relist."""
 
 
 class Informer(Generic[T]):
@@ -166,7 +183,7 @@ class Informer(Generic[T]):
         key: Callable[[JsonDict], Hashable] = default_key,
         server_timeout: tuple[float, float] = (240, 300),
         read_timeout_margin: float = 30,
-        inactivity_timeout: float | None = None,
+        inactivity_timeout: float | None = INACTIVITY_TIMEOUT,
         connect_timeout: float = 5,
         list_timeout: float = 60,
         backoff: tuple[float, float] = (0.2, 30.0),
@@ -213,6 +230,7 @@ class Informer(Generic[T]):
         self._watches = 0
         self._events = 0
         self._bookmarks = 0
+        self._poison = 0
         self._parse_failures = 0
         self._handler_errors = 0
         self._restarts: dict[str, int] = dict.fromkeys(RESTART_REASONS, 0)
@@ -289,6 +307,7 @@ class Informer(Generic[T]):
                 watches=self._watches,
                 events=self._events,
                 bookmarks=self._bookmarks,
+                poison_events=self._poison,
                 parse_failures=self._parse_failures,
                 handler_errors=self._handler_errors,
                 restarts=dict(self._restarts),
@@ -326,6 +345,13 @@ class Informer(Generic[T]):
                 self._sleep(self._backoff.next_delay())
             except _StallError:
                 self._sleep(self._backoff.next_delay())
+            except _PoisonError as exc:
+                if self._stopping.is_set():
+                    break
+                # Resuming from the same RV would replay the same line: a fresh list gets past it.
+                self._restart("poison", exc)
+                relist = True
+                self._sleep(self._backoff.next_delay())
             except Exception as exc:  # never let the thread die: the store would go stale
                 if self._stopping.is_set():
                     break
@@ -352,7 +378,6 @@ class Informer(Generic[T]):
         items = body.get("items") or []
         events = self._replace(items, rv)
         self._synced.set()
-        self._backoff.reset()
         for event in events:
             self._emit(event)
 
@@ -397,32 +422,38 @@ class Informer(Generic[T]):
         rv = self.resource_version
         low, high = self._server_timeout
         timeout = max(1, round(random.uniform(low, high)))
-        read_timeout = (
-            self._inactivity_timeout
-            if self._inactivity_timeout is not None
-            else timeout + self._read_margin
-        )
+        read_timeout = timeout + self._read_margin
+        if self._inactivity_timeout is not None:
+            read_timeout = min(read_timeout, self._inactivity_timeout)
         w = watch.Watch(return_type="object")
         with self._lock:
             self._watch = w
             self._watches += 1
         started = time.monotonic()
-        seen = 0
+        events = w.stream(
+            self._call_and_register,
+            *self._args(),
+            **self._selectors,
+            resource_version=rv,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout,
+            _request_timeout=(self._connect_timeout, read_timeout),
+        )
         try:
-            for ev in w.stream(
-                self._call_and_register,
-                *self._args(),
-                **self._selectors,
-                resource_version=rv,
-                allow_watch_bookmarks=True,
-                timeout_seconds=timeout,
-                _request_timeout=(self._connect_timeout, read_timeout),
-            ):
-                seen += 1
-                self._backoff.reset()
-                self._expired_streak = 0
-                self._expiry_backoff.reset()
-                self._apply(ev)
+            while True:
+                try:
+                    ev = next(events)
+                except StopIteration:
+                    break
+                except _POISON as exc:
+                    with self._lock:
+                        self._poison += 1
+                    raise _PoisonError(f"{type(exc).__name__}: {exc}") from exc
+                if self._apply(ev):
+                    self._expired_streak = 0
+                    self._expiry_backoff.reset()
+                    if time.monotonic() - started >= HEALTHY_WATCH:
+                        self._backoff.reset()
                 if self._stopping.is_set():
                     w.stop()
                     break
@@ -433,10 +464,12 @@ class Informer(Generic[T]):
         if self._stopping.is_set():
             return
         self._restart("timeout")
-        if seen == 0 and time.monotonic() - started < timeout / 2:
-            # Nothing and no error long before the server timeout: the client's silent end
-            # (an ERROR it swallowed) or a server that closes at once. Do not spin on it.
+        if time.monotonic() - started < timeout / 2:
+            # Ended long before the server timeout, whatever it delivered: the client's silent
+            # end (an ERROR it swallowed), or a server that closes after an event or at once.
+            # Do not spin on it: back off (reset only by real progress).
             raise _StallError
+        self._backoff.reset()
 
     def _call_and_register(self, *args: Any, **kwargs: Any) -> Any:
         """Make the watch request and remember its response so that `stop` can unblock it."""
@@ -447,20 +480,29 @@ class Informer(Generic[T]):
             _shutdown(resp)
         return resp
 
-    def _apply(self, ev: Mapping[str, Any]) -> None:
-        raw = ev.get("raw_object")
-        if not isinstance(raw, dict):
-            return
-        etype = ev.get("type")
+    def _apply(self, ev: object) -> bool:
+        """Apply one watch event; True when it is real progress (a resourceVersion not seen
+        before). A line that is no event (the client yields None for text that is not JSON), or
+        an object without metadata, is skipped and counted as poison."""
+        raw = ev.get("raw_object") if isinstance(ev, Mapping) else None
+        if not isinstance(raw, dict) or not isinstance(raw.get("metadata"), Mapping):
+            with self._lock:
+                self._poison += 1
+            return False
+        etype = ev.get("type") if isinstance(ev, Mapping) else None
         rv = _resource_version(raw)
+        with self._lock:
+            progress = rv is not None and rv != self._rv
         if etype not in ("ADDED", "MODIFIED", "DELETED"):
             if rv is not None:
                 with self._lock:
                     self._rv = rv
                     if etype == "BOOKMARK":
                         self._bookmarks += 1
-            return
+            return progress
         parsed = self._parse_keyed(raw, parse=etype != "DELETED")
+        if parsed is None:
+            progress = False
         event: InformerEvent[T] | None = None
         with self._lock:
             if rv is not None:
@@ -484,6 +526,7 @@ class Informer(Generic[T]):
                     event = InformerEvent("DELETED", key, before[0], None, raw)
         if event is not None:
             self._emit(event)
+        return progress
 
     def _parse_keyed(
         self, raw: JsonDict, *, parse: bool = True

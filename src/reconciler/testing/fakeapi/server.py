@@ -63,6 +63,16 @@ class _Failure:
 
 
 @dataclass
+class _Lines:
+    """Raw lines a watch sends before its real events (poison: not JSON, no object, ...)."""
+
+    lines: tuple[bytes, ...]
+    path_contains: str | None
+    times: int
+    close: bool  # end the watch cleanly right after them
+
+
+@dataclass
 class _Hang:
     verb: str
     seconds: float
@@ -401,12 +411,13 @@ class _Handler(BaseHTTPRequestHandler):
         except Expired as exc:
             self._watch_expired(str(exc))
             return
+        injected = fake._take_lines(self.path)
         try:
-            self._stream(watcher, timeout)
+            self._stream(watcher, timeout, injected)
         finally:
             fake._store.close_watch(watcher)
 
-    def _stream(self, watcher: Watcher, timeout: float) -> None:
+    def _stream(self, watcher: Watcher, timeout: float, injected: _Lines | None = None) -> None:
         """Drain the watcher's queue until timeout, close, drop or client hang-up."""
         store = self.server.fake._store
         deadline = time.monotonic() + timeout
@@ -414,7 +425,9 @@ class _Handler(BaseHTTPRequestHandler):
         clean = True
         try:
             self._start_stream()
-            while True:
+            for line in injected.lines if injected is not None else ():
+                self._chunk(line.rstrip(b"\n") + b"\n")
+            while not (injected is not None and injected.close):
                 now = time.monotonic()
                 if watcher.dropped:
                     clean = False
@@ -502,6 +515,7 @@ class FakeApiServer:
         self._requests: deque[RequestRecord] = deque(maxlen=request_log_size)
         self._failures: list[_Failure] = []
         self._hangs: list[_Hang] = []
+        self._injections: list[_Lines] = []
         self._connections: set[socket.socket] = set()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -750,6 +764,41 @@ class FakeApiServer:
             raise ValueError(f"unknown verb {verb!r}; use one of {sorted(VERBS)}")
         with self._store.lock:
             self._failures.append(_Failure(verb, code, path_contains, message, times))
+
+    def inject_watch_lines(
+        self,
+        lines: Iterable[bytes | str | Mapping[str, Any]],
+        path_contains: str | None = None,
+        *,
+        times: int = 1,
+        close: bool = False,
+    ) -> None:
+        """Make the next ``times`` watches whose path and query contain ``path_contains`` send
+        these lines first (bytes and str as they are, a mapping as one JSON line), then their
+        events as usual, or, with ``close``, end cleanly right after them. For poison: a line
+        that is not JSON, an event without ``object``, ``metadata: null``, an ERROR without
+        ``code``; and for a server that sends one event and closes."""
+        raw = tuple(
+            line
+            if isinstance(line, bytes)
+            else line.encode()
+            if isinstance(line, str)
+            else json.dumps(line).encode()
+            for line in lines
+        )
+        with self._store.lock:
+            self._injections.append(_Lines(raw, path_contains, times, close))
+
+    def _take_lines(self, target: str) -> _Lines | None:
+        with self._store.lock:
+            for item in self._injections:
+                if item.path_contains is not None and item.path_contains not in target:
+                    continue
+                item.times -= 1
+                if item.times <= 0:
+                    self._injections.remove(item)
+                return item
+        return None
 
     def hang_next(
         self, verb: str, seconds: float, path_contains: str | None = None, *, times: int = 1
