@@ -419,3 +419,28 @@ def test_actual_farms_and_requests_count_what_nftlb_holds_and_every_request() ->
     assert w.controller.sync_full().ok
     assert _sample(metrics, "kube_nftlb_actual_farms") == 1
     assert len(w.model.requests) == 1  # the read-back alone
+
+
+def test_a_restart_the_watchdog_saw_ends_a_failure_backoff_with_a_full_sync() -> None:
+    """nftlb down (here: refusing the key) puts the loop in a 30 s backoff; when the watchdog
+    sees nftlb start again, the full sync runs at once, not after the backoff."""
+    w = World()
+    w.controller.settings.backoff_initial = 30.0
+    w.model.key = "other"
+    w.put_service(service())
+    w.controller.start()
+    try:
+        deadline = time.monotonic() + 5
+        while w.controller.last_result is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert w.controller.last_result is not None and not w.controller.last_result.ok
+        assert w.controller.nftlb_tables() == set()
+        w.model.__init__("k")  # type: ignore[misc]  # nftlb started again, empty
+        w.controller.restarted("nftlb")
+        deadline = time.monotonic() + 5
+        while "k8s.default.web.http.tcp.v4" not in w.farms() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert "k8s.default.web.http.tcp.v4" in w.farms()
+        assert w.controller.nftlb_tables() == {("ip", "nftlb")}
+    finally:
+        w.controller.stop()
