@@ -780,7 +780,11 @@ class Controller:
                 target=op.target or None,
                 changes=[c.to_json() for c in op.changes],
             )
-        applied = self.nftlb.apply(plan) if plan or self.nftlb.repair_pending else None
+        applied = (
+            self.nftlb.apply(plan, cancelled=self._stop.is_set)
+            if plan or self.nftlb.repair_pending
+            else None
+        )
         for op in plan:
             self.metrics.plan_operations.labels(op=op.kind.value).inc()
         requests = applied.requests if applied else 0

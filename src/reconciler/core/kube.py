@@ -57,6 +57,14 @@ def is_dns1123_subdomain(s: str) -> bool:
     return len(s) <= 253 and _DNS1123_SUBDOMAIN.fullmatch(s) is not None
 
 
+def object_key(raw: Mapping[str, Any]) -> tuple[str, str]:
+    """(namespace, name) of a namespaced object's raw dict, as its parsed snapshot's `key` has
+    it: a missing or empty namespace is "default" (`_identify`). Informers key their stores with
+    it, so an event without ``metadata.namespace`` names the same object the controller does."""
+    meta = raw["metadata"]
+    return (meta.get("namespace") or "default", meta["name"])
+
+
 def canonical_ip(text: str) -> tuple[str, Family] | None:
     """The canonical text and family of an IP, or None when it is not a plain IP address.
 

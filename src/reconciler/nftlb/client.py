@@ -310,6 +310,7 @@ class NftlbClient:
         self._backoff = backoff
         self._max_backoff = max_backoff
         self.chunk_size = chunk_size
+        self._cancel: Callable[[], bool] | None = None  # `apply`'s, while it runs
         self._sleep = sleep
         self._jitter = jitter
         self._lock = threading.RLock()
@@ -476,7 +477,16 @@ class NftlbClient:
         next `apply` repairs them, so call it even with an empty plan."""
         return self._wipe.active
 
-    def apply(self, plan: Plan, *, verify: Callable[[ReadBack], Plan] | None = None) -> ApplyResult:
+    def _cancelled(self) -> bool:
+        return self._cancel is not None and self._cancel()
+
+    def apply(
+        self,
+        plan: Plan,
+        *,
+        verify: Callable[[ReadBack], Plan] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> ApplyResult:
         """Apply a plan in its order; failures are collected per farm, not raised.
 
         After a farm fails, its later operations in this plan are skipped (for instance, old
@@ -486,6 +496,8 @@ class NftlbClient:
         by an error leaves that to the next `apply`, even an empty one.
         `verify` gets a fresh read-back and returns what still differs; if that is not empty,
         `NftlbVerifyError` is raised with it.
+        `cancelled` is asked before each step: once it says True (SIGTERM), nothing more is
+        sent; what is left is a plan cut short, which every prefix of a plan may be.
         """
         with self._lock:
             requests0, bytes0 = self.requests_sent, self.bytes_sent
@@ -494,7 +506,10 @@ class NftlbClient:
             wipe = self._wipe  # survives a plan cut short, so the next one still repairs
             ops = list(plan)
             i = 0
+            self._cancel = cancelled
             while i < len(ops):
+                if self._cancelled():
+                    break
                 op = ops[i]
                 if op.kind is OpKind.CREATE_FARM:
                     j = i
@@ -526,7 +541,8 @@ class NftlbClient:
                             wipe.happened(op)
                         self._apply_one(op, failures)
                 i += 1
-            if wipe.active:
+            stopped, self._cancel = self._cancelled(), None
+            if wipe.active and not stopped:  # a plan cut short: the next apply repairs
                 repairs += self._repair_ipv6(wipe, failures, before=None)
             result = ApplyResult(
                 requests=self.requests_sent - requests0,
@@ -599,6 +615,8 @@ class NftlbClient:
                 farms.append(op.farm)
         isolated = 0
         for chunk in _chunks(farms, self.chunk_size):
+            if self._cancelled():
+                break
             try:
                 self.send(post_farms_request([farm_body(f) for f in chunk]))
                 continue
@@ -625,6 +643,8 @@ class NftlbClient:
                 failures.append(_refused(op.farm_name, op.kind, exc))
         isolated = 0
         for start in range(0, len(bodies), self.chunk_size):
+            if self._cancelled():
+                break
             chunk = bodies[start : start + self.chunk_size]
             try:
                 self.send(post_farms_request([f for _, body in chunk for f in body["farms"]]))
