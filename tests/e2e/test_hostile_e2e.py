@@ -74,17 +74,19 @@ def test_a_loopback_load_balancer_ip_cannot_capture_the_key(
     api.seed(load_paths([EXAMPLES]) + _captor(clean_daemon.port))
     with running(tmp_path, api, clean_daemon) as agent:
         wait_until(lambda: "k8s.default.captor.api.tcp.v4" in agent.farms(), what="captor")
-        events = wait_until(
-            lambda: [
-                e
+
+        def messages() -> str:
+            return " ".join(
+                e["message"]
                 for e in api.objects("Event", "default")
                 if e["involvedObject"]["name"] == "captor" and e["reason"] == "ForbiddenAddress"
-            ],
-            what="ForbiddenAddress events",
-        )
-        messages = " ".join(e["message"] for e in events)
-        assert "127.0.0.1 is a loopback address" in messages
-        assert "169.254.169.254 is a link-local address" in messages
+            )
+
+        # Events are written in the background, one by one: wait for both.
+        wait_until(lambda: messages().count("no frontend may be on") == 2, what="both Events")
+        text = messages()
+        assert "127.0.0.1 is a loopback address" in text
+        assert "169.254.169.254 is a link-local address" in text
         vips = {a.ip for f in agent.farms().values() for a in f.addresses}
         assert "127.0.0.1" not in vips and "169.254.169.254" not in vips
         kernel = {key[3] for key in clean_daemon.service_elements()}
