@@ -220,10 +220,15 @@ def _sources(
     node_name: str,
     local_only: bool,
 ) -> list[tuple[str, int, Endpoint]]:
-    """(ip, port, endpoint) for every address a target could come from, worked out directly."""
+    """(ip, port, endpoint) for every address a target could come from, worked out directly.
+
+    Like kube-proxy's endpointslicecache, an (IP, port) in several slices is one endpoint before
+    locality is looked at: the copy in the best state (ready, not terminating, serving), the
+    first by slice name among equals. Only an endpoint's first address is its address.
+    """
     address_type = "IPv4" if family is Family.IPV4 else "IPv6"
-    out: list[tuple[str, int, Endpoint]] = []
-    for s in slices:
+    best: dict[tuple[str, int], Endpoint] = {}
+    for s in sorted(slices, key=lambda s: s.name):
         if (s.namespace, s.service_name, s.address_type) != (*service.key, address_type):
             continue
         numbers = [p.port for p in s.ports if (p.name, p.protocol) == (port.name, port.protocol)]
@@ -231,10 +236,15 @@ def _sources(
         if number is None:
             continue
         for e in s.endpoints:
-            if local_only and e.node_name != node_name:
-                continue
-            out.extend((a, number, e) for a in e.addresses)
-    return out
+            known = best.get((e.addresses[0], number))
+            state = (e.ready, not e.terminating, e.serving)
+            if known is None or state > (known.ready, not known.terminating, known.serving):
+                best[(e.addresses[0], number)] = e
+    return [
+        (ip, number, e)
+        for (ip, number), e in best.items()
+        if not local_only or e.node_name == node_name
+    ]
 
 
 @given(clean_clusters_with_a_node)

@@ -20,6 +20,7 @@ from reconciler.cli.main import main
 from reconciler.core.desired import desired_farms
 from reconciler.core.ips import ip_info, unsafe_reason
 from reconciler.core.kube import parse_objects
+from reconciler.core.nodeports import parse_nodeport_addresses
 
 FORBIDDEN = {
     "127.0.0.1": "loopback",
@@ -128,7 +129,9 @@ def test_each_source_is_a_problem_and_never_a_farm(
 ) -> None:
     state, parse_problems = parse_objects([_service(patch), SLICE, NODE])
     assert parse_problems == []
-    desired = desired_farms(state, "node-1")
+    # every node address is a node port candidate (the default, primary, would pick one)
+    everywhere = parse_nodeport_addresses("0.0.0.0/0,::/0")
+    desired = desired_farms(state, "node-1", nodeports=everywhere)
     addresses = {a.ip for f in desired.farms for a in f.addresses}
     assert ip not in addresses and "127.0.0.1" not in addresses and "fe80::1" not in addresses
     assert "10.96.0.30" in addresses and "192.168.10.11" in addresses, "the rest is still served"

@@ -396,22 +396,40 @@ def test_endpoint_slice_fields() -> None:
         ),
         ports=(EndpointPort("http", Protocol.TCP, 8080), EndpointPort("", Protocol.TCP, None)),
         trigger_time="2024-01-01T00:00:01Z",
+        labels=(("kubernetes.io/service-name", "web"),),
     )
     assert s.service_key == ("shop", "web")
 
 
+#: Item 4 of issue 12. Each row: conditions as the API serves them -> (ready, serving,
+#: terminating), and the kube-proxy behaviour it mirrors (pkg/proxy/endpointslicecache.go:
+#: `ready := Ready == nil || *Ready`, `serving := Serving == nil || *Serving`,
+#: `terminating := Terminating != nil && *Terminating`; the API reference: "nil ... should be
+#: interpreted as unknown" and consumers treat it as true for ready and serving).
+CONDITION_CASES = [
+    (None, (True, True, False), "no conditions at all: ready, serving, not terminating"),
+    ({}, (True, True, False), "empty conditions: the same nil rules"),
+    ({"ready": False}, (False, True, False), "serving unset means serving, not ready's value"),
+    ({"ready": True}, (True, True, False), "ready given, serving unset: serving"),
+    ({"ready": False, "serving": True}, (False, True, False), "both given: taken as given"),
+    ({"serving": False}, (True, False, False), "ready unset means ready even when not serving"),
+    (
+        {"ready": False, "terminating": True},
+        (False, True, True),
+        "terminating, serving unset: serving and terminating, so drained to when none is ready",
+    ),
+    (
+        {"ready": None, "serving": None, "terminating": None},
+        (True, True, False),
+        "explicit nulls are unset",
+    ),
+    ({"terminating": False}, (True, True, False), "terminating false: not terminating"),
+]
+
+
 @pytest.mark.parametrize(
     ("conditions", "expected"),
-    [
-        (None, (True, True, False)),
-        ({}, (True, True, False)),
-        ({"ready": False}, (False, False, False)),
-        ({"ready": True}, (True, True, False)),
-        ({"ready": False, "serving": True}, (False, True, False)),
-        ({"serving": False}, (True, False, False)),
-        ({"ready": False, "terminating": True}, (False, False, True)),
-        ({"ready": None, "serving": None, "terminating": None}, (True, True, False)),
-    ],
+    [pytest.param(c, e, id=why) for c, e, why in CONDITION_CASES],
 )
 def test_condition_nil_rules(conditions: Any, expected: tuple[bool, bool, bool]) -> None:
     raw: dict[str, Any] = {"addresses": ["10.244.0.5"]}

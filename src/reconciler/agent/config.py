@@ -27,6 +27,8 @@ from reconciler.core.node_rules import (
     check_config,
     parse_cidrs,
 )
+from reconciler.core.nodeports import parse_nodeport_addresses
+from reconciler.core.selection import proxy_name_error
 
 
 class ConfigError(Exception):
@@ -191,6 +193,16 @@ def optional_positive_duration(value: str) -> float | None:
     return None if not value.strip() else positive_duration(value)
 
 
+def label_value(value: str) -> str:
+    """--proxy-name: it becomes a label selector term, so it must be a label value."""
+    if proxy_name_error(value) is not None:
+        raise ValueError(
+            "is not a label value: at most 63 characters of [A-Za-z0-9-_.], "
+            "alphanumeric at both ends"
+        )
+    return value
+
+
 # -- the settings ------------------------------------------------------------------------------
 
 
@@ -261,8 +273,19 @@ PROXY_NAME = Setting(
     "KUBE_NFTLB_PROXY_NAME",
     "",
     "serve Services labelled service.kubernetes.io/service-proxy-name=NAME",
+    parse=label_value,
     metavar="NAME",
     empty="only Services without the label",
+)
+NODEPORT_ADDRESSES = Setting(
+    "--nodeport-addresses",
+    "KUBE_NFTLB_NODEPORT_ADDRESSES",
+    "primary",
+    "node addresses that open node ports, as kube-proxy's flag: primary (the node's primary IP "
+    "of each family, kube-proxy's nftables default) or comma-separated CIDRs (the node's "
+    "addresses inside them; a family without a CIDR: all its addresses)",
+    parse=parse_nodeport_addresses,
+    metavar="primary|CIDRs",
 )
 NFTLB_URL = Setting(
     "--nftlb-url",
@@ -282,7 +305,7 @@ NFTLB_KEY_FILE = Setting(
 )
 
 #: What every command that computes farms takes: the same farms from the same settings.
-CLUSTER_SETTINGS = (KUBECONFIG, NODE_NAME, PROXY_NAME)
+CLUSTER_SETTINGS = (KUBECONFIG, NODE_NAME, PROXY_NAME, NODEPORT_ADDRESSES)
 #: How to reach nftlb; `diff` and `explain` read it only when the URL is set (flag or env).
 NFTLB_SETTINGS = (NFTLB_URL, NFTLB_KEY_FILE)
 

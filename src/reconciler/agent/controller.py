@@ -53,6 +53,7 @@ from reconciler.core.node_rules import (
     skeleton,
     table_of,
 )
+from reconciler.core.nodeports import NodePortAddresses
 from reconciler.core.ownership import Conflict, ForeignFarm, conflict_problem, foreign_conflicts
 from reconciler.core.plan import Plan
 from reconciler.core.problems import ObjectRef, Problem
@@ -90,6 +91,8 @@ class Cache(Protocol):
 class Settings:
     node_name: str
     proxy_name: str = ""
+    #: kube-proxy's --nodeport-addresses; the default is its nftables mode's, `primary`
+    nodeport_addresses: NodePortAddresses = field(factory=NodePortAddresses)
     resync_period: float = 30.0
     min_sync_interval: float = 0.05
     sync_burst: int = 5
@@ -462,7 +465,9 @@ class Controller:
                 k: (
                     self._requests[k]
                     if _same_inputs(self._inputs.get(k), now)
-                    else service_farms(now[0], state, s.node_name, s.proxy_name)
+                    else service_farms(
+                        now[0], state, s.node_name, s.proxy_name, s.nodeport_addresses
+                    )
                 )
                 for k, now in inputs.items()
             }
@@ -489,7 +494,9 @@ class Controller:
             self._health_of.pop(k, None)
             if svc is not None:
                 self._node_side(k, svc, state)
-                self._requests[k] = new = service_farms(svc, state, s.node_name, s.proxy_name)
+                self._requests[k] = new = service_farms(
+                    svc, state, s.node_name, s.proxy_name, s.nodeport_addresses
+                )
                 self._inputs[k] = (svc, state.slices_for(svc), node)
                 for t in _tuples(new):
                     touched.add(t)
@@ -507,7 +514,7 @@ class Controller:
     def _node_side(self, key: ServiceKey, service: Service, state: ClusterState) -> None:
         """A Service's UDP frontends and health check, beside its farms."""
         s = self.settings
-        udp = udp_frontends(service, state, s.node_name, s.proxy_name)
+        udp = udp_frontends(service, state, s.node_name, s.proxy_name, s.nodeport_addresses)
         if udp:
             self._udp[key] = udp
         health = service_health(service, state, s.node_name, s.proxy_name)
@@ -716,7 +723,7 @@ class Controller:
         if cached is not None and cached[0] == inputs:
             share: ServiceRules = cached[1]
             return share
-        names = frontend_farms(service, node)
+        names = frontend_farms(service, node, s.nodeport_addresses)
         fronts = [FrontendFarm(f, *names[f.name]) for f in farms if f.name in names]
         share = service_rules(service, fronts, slices, node, s.node_name, s.node_rules)
         self._share_inputs[key] = (inputs, share)

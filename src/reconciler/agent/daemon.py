@@ -39,6 +39,7 @@ from reconciler.core.kube import (
 )
 from reconciler.core.node_rules import TABLE_FAMILY, TABLE_NAME
 from reconciler.core.problems import Problem
+from reconciler.core.selection import label_selector
 from reconciler.kernel.nftables import NftablesError, NodeTableWriter
 from reconciler.kernel.tables import KernelTables
 from reconciler.kubeapi.events import EventRecorder, kube_event_api
@@ -142,9 +143,12 @@ class Daemon:
             "server_timeout": options.watch_timeout,
             "inactivity_timeout": options.inactivity_timeout,
         }
+        # kube-proxy's selector: not labelled for another proxy, not headless (both kinds)
+        proxied = label_selector(options.settings.proxy_name)
         self.services: Informer[Service] = Informer(
             "services",
             core.list_service_for_all_namespaces,
+            label_selector=proxied,
             parse=_parser(parse_service, self.log, "Service"),
             key=object_key,
             on_event=lambda ev: self.controller.on_service(_service_key(ev.key), ev.old, ev.new),
@@ -155,6 +159,7 @@ class Daemon:
         self.slices: Informer[EndpointSlice] = Informer(
             "endpointslices",
             discovery.list_endpoint_slice_for_all_namespaces,
+            label_selector=proxied,
             parse=_parser(parse_endpoint_slice, self.log, "EndpointSlice"),
             key=object_key,
             on_event=lambda ev: self.controller.on_slice(ev.old, ev.new),

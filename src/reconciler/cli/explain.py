@@ -33,7 +33,7 @@ from reconciler.core.desired import desired_farms, is_proxied, is_served
 from reconciler.core.diff import marked_farms
 from reconciler.core.endpoints import explain_endpoints
 from reconciler.core.farms import Family, Farm
-from reconciler.core.kube import Service
+from reconciler.core.kube import HEADLESS_LABEL, Service
 from reconciler.core.names import (
     EXTERNAL_IP,
     LOAD_BALANCER,
@@ -43,6 +43,7 @@ from reconciler.core.names import (
 )
 from reconciler.core.nftlb_ruleset import kernel_differences, ruleset_objects
 from reconciler.core.plan import Operation
+from reconciler.core.selection import selected
 from reconciler.core.wire import ReadBack
 
 _FRONTEND_KIND = {"": "cluster-ip", NODE_PORT: "node-port", EXTERNAL_IP: "external-ip"}
@@ -58,10 +59,12 @@ def _not_served(service: Service, proxy_name: str) -> str | None:
         return "type ExternalName: DNS only, nothing to balance"
     if service.is_headless:
         return "headless (no cluster IP): DNS only, nothing to balance"
+    if service.label(HEADLESS_LABEL) is not None:
+        return "labelled service.kubernetes.io/headless: kube-proxy's selector skips it"
     if not is_served(service, proxy_name):
         return (
-            "labelled service.kubernetes.io/service-proxy-name for another proxy "
-            f"(this one serves {proxy_name!r} and unlabelled Services)"
+            "not labelled service.kubernetes.io/service-proxy-name="
+            f"{proxy_name} (this proxy serves only those, see --proxy-name)"
             if proxy_name
             else "labelled service.kubernetes.io/service-proxy-name (this proxy serves "
             "unlabelled Services; see --proxy-name)"
@@ -101,11 +104,16 @@ def build_report(args: argparse.Namespace, settings: Resolved) -> dict[str, Any]
     service = source.state.services.get(key)
     if service is None:
         raise UsageError(f"no Service {namespace}/{name} in the input")
-    desired = desired_farms(source.state, source.node_name, source.proxy_name)
+    desired = desired_farms(source.state, source.node_name, source.proxy_name, source.nodeports)
     owners = desired.owner_map()
     farms = [f for f in desired.farms if owners.get(f.name) == key]
     ours = {f.name for f in farms}
-    slices = source.state.slices_for(service)
+    # the slices the agent's informers see (kube-proxy's selector)
+    slices = tuple(
+        s for s in source.state.slices_for(service) if selected(s.labels, source.proxy_name)
+    )
+    node = source.state.nodes.get(source.node_name)
+    zone = node.zone if node is not None else ""
     slice_names = {s.name for s in slices}
     problems = [
         p
@@ -148,7 +156,9 @@ def build_report(args: argparse.Namespace, settings: Resolved) -> dict[str, Any]
             for local in (False, True):
                 if (segment, family, local) not in scopes:
                     continue
-                for v in explain_endpoints(service, port, slices, family, source.node_name, local):
+                for v in explain_endpoints(
+                    service, port, slices, family, source.node_name, local, zone
+                ):
                     ref = v.target_ref
                     endpoints.append(
                         {

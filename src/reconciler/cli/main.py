@@ -35,6 +35,7 @@ from reconciler.core.desired import Desired, desired_farms
 from reconciler.core.diff import diff_marked, marked_farms
 from reconciler.core.farms import Farm, assign_marks
 from reconciler.core.kube import ClusterState, parse_objects
+from reconciler.core.nodeports import NodePortAddresses
 from reconciler.core.ownership import Conflict, foreign_conflicts
 from reconciler.core.plan import Plan, render_text
 from reconciler.core.problems import Problem
@@ -216,6 +217,7 @@ class Source:
     node_name: str
     proxy_name: str
     problems: tuple[Problem, ...]
+    nodeports: NodePortAddresses
 
 
 def _node_name(given: str, state: ClusterState) -> str:
@@ -245,12 +247,12 @@ def load_source(args: argparse.Namespace) -> Source:
         raise UsageError(str(e)) from e
     state, problems = parse_objects(objects)
     node = _node_name(args.node_name, state)
-    return Source(state, node, args.proxy_name, tuple(problems))
+    return Source(state, node, args.proxy_name, tuple(problems), args.nodeport_addresses)
 
 
 def _desired(args: argparse.Namespace) -> Desired:
     source = load_source(args)
-    desired = desired_farms(source.state, source.node_name, source.proxy_name)
+    desired = desired_farms(source.state, source.node_name, source.proxy_name, source.nodeports)
     _print_problems([*source.problems, *desired.problems], sys.stderr)
     return desired
 
@@ -418,6 +420,7 @@ def cmd_run(args: argparse.Namespace, settings: Resolved) -> int:
         run_settings = Settings(
             node_name=args.node_name,
             proxy_name=args.proxy_name,
+            nodeport_addresses=args.nodeport_addresses,
             resync_period=args.resync_period,
             min_sync_interval=args.min_sync_interval,
             node_rules=rules,

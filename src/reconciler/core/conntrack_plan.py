@@ -26,6 +26,7 @@ from reconciler.core.desired import is_served
 from reconciler.core.endpoints import endpoint_port
 from reconciler.core.farms import Family, Protocol
 from reconciler.core.kube import ClusterState, Service, canonical_ip
+from reconciler.core.nodeports import NodePortAddresses, node_port_ips
 
 ServiceKey = tuple[str, str]
 HostPort = tuple[str, int]
@@ -77,7 +78,11 @@ def _serving(
 
 
 def udp_frontends(
-    service: Service, state: ClusterState, node_name: str, proxy_name: str = ""
+    service: Service,
+    state: ClusterState,
+    node_name: str,
+    proxy_name: str = "",
+    nodeports: NodePortAddresses = NodePortAddresses(),  # noqa: B008 (frozen, immutable)
 ) -> tuple[UdpFrontend, ...]:
     """Every UDP frontend of a Service on this node: cluster IP, node ports on this node's
     addresses, external and load-balancer IPs, each with its serving endpoints. Sorted."""
@@ -103,7 +108,9 @@ def udp_frontends(
                 if parsed is not None and parsed[1] is family:
                     addresses.add((parsed[0], port.port))
             if service.type in ("NodePort", "LoadBalancer") and port.node_port and node:
-                addresses.update((ip, port.node_port) for ip in node.ips(family))
+                addresses.update(
+                    (ip, port.node_port) for ip in node_port_ips(nodeports, node, family)
+                )
             if not addresses:
                 continue
             serving = frozenset(_serving(service, state, i, family))

@@ -31,7 +31,14 @@ from reconciler.core.farms import (
     validate_farm,
 )
 from reconciler.core.ips import ip_info
-from reconciler.core.kube import ClusterState, EndpointSlice, Node, Service, ServicePort
+from reconciler.core.kube import (
+    SERVICE_PROXY_NAME_LABEL,
+    ClusterState,
+    EndpointSlice,
+    Node,
+    Service,
+    ServicePort,
+)
 from reconciler.core.names import (
     EXTERNAL_IP,
     LOAD_BALANCER,
@@ -43,9 +50,12 @@ from reconciler.core.names import (
     frontend_segment,
     port_segment,
 )
+from reconciler.core.nodeports import NodePortAddresses, node_port_ips
 from reconciler.core.problems import ObjectRef, Problem
+from reconciler.core.selection import selected
 
-SERVICE_PROXY_NAME = "service.kubernetes.io/service-proxy-name"
+SERVICE_PROXY_NAME = SERVICE_PROXY_NAME_LABEL
+PRIMARY = NodePortAddresses()  #: kube-proxy's nftables default: the node's primary IPs
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -96,9 +106,8 @@ def _canonical(ip: str) -> str:
 
 
 def is_served(service: Service, proxy_name: str) -> bool:
-    """kube-proxy's rule: a Service labelled for another proxy is not ours."""
-    label = service.label(SERVICE_PROXY_NAME)
-    return label is None or (proxy_name != "" and label == proxy_name)
+    """kube-proxy's rule: a Service labelled for another proxy, or headless, is not ours."""
+    return selected(service.labels, proxy_name)
 
 
 @frozen
@@ -125,6 +134,7 @@ def _frontends(
     family: Family,
     node: Node | None,
     problems: list[Problem],
+    nodeports: NodePortAddresses,
 ) -> list[_Frontend]:
     """The cluster IP, node ports, external IPs and load-balancer IPs of one port and family.
 
@@ -137,7 +147,7 @@ def _frontends(
     if service.type in ("NodePort", "LoadBalancer") and port.node_port and node is not None:
         candidates.extend(
             (f"address of node {node.name}", NODE_PORT, ip, port.node_port)
-            for ip in node.ips(family)
+            for ip in node_port_ips(nodeports, node, family)
         )
     for source, kind, ips in (
         ("spec.externalIPs", EXTERNAL_IP, service.external_ips),
@@ -226,7 +236,12 @@ def _fitted(
 
 
 def _service_farms(
-    service: Service, state: ClusterState, node_name: str, problems: list[Problem]
+    service: Service,
+    state: ClusterState,
+    node_name: str,
+    proxy_name: str,
+    nodeports: NodePortAddresses,
+    problems: list[Problem],
 ) -> list[Farm]:
     ref = _ref(service)
     if not (_DNS_LABEL.fullmatch(service.namespace) and _DNS_LABEL.fullmatch(service.name)):
@@ -235,7 +250,8 @@ def _service_farms(
     options, option_problems = farm_options(service)
     problems.extend(option_problems)
     node = state.nodes.get(node_name)
-    slices = state.slices_for(service)
+    # kube-proxy never reads slices labelled for another proxy or headless (its watch selector)
+    slices = tuple(s for s in state.slices_for(service) if selected(s.labels, proxy_name))
     families = service.ip_families or tuple(
         f
         for f in (Family.IPV4, Family.IPV6)
@@ -261,7 +277,16 @@ def _service_farms(
         for family in families:
             farms.extend(
                 _port_farms(
-                    service, port, segment, family, options, node, node_name, slices, problems
+                    service,
+                    port,
+                    segment,
+                    family,
+                    options,
+                    node,
+                    node_name,
+                    nodeports,
+                    slices,
+                    problems,
                 )
             )
     return farms
@@ -275,11 +300,13 @@ def _port_farms(
     options: FarmOptions,
     node: Node | None,
     node_name: str,
+    nodeports: NodePortAddresses,
     slices: tuple[EndpointSlice, ...],
     problems: list[Problem],
 ) -> list[Farm]:
     """One farm per frontend; each frontend's backends follow its traffic policy."""
-    frontends = _frontends(service, port, family, node, problems)
+    frontends = _frontends(service, port, family, node, problems, nodeports)
+    zone = node.zone if node is not None else ""
     if not frontends:
         return []
     helper, persistence, sched_param = _fitted(
@@ -289,7 +316,7 @@ def _port_farms(
 
     def backends(local_only: bool) -> tuple[Backend, ...]:
         if local_only not in cache:
-            targets = select_endpoints(service, port, slices, family, node_name, local_only)
+            targets = select_endpoints(service, port, slices, family, node_name, local_only, zone)
             if len(targets) > MAX_BACKENDS:
                 problems.append(
                     Problem(
@@ -419,7 +446,9 @@ def is_proxied(service: Service, proxy_name: str = "") -> bool:
     )
 
 
-def frontend_farms(service: Service, node: Node | None) -> dict[str, tuple[int, bool]]:
+def frontend_farms(
+    service: Service, node: Node | None, nodeports: NodePortAddresses = PRIMARY
+) -> dict[str, tuple[int, bool]]:
     """The name of every farm the Service's ports and frontends can make, with the index of
     its port in ``spec.ports`` and whether the frontend is external (node port, external or LB
     IP): how the node rules (`node_rules.py`) read the farms a Service won."""
@@ -432,7 +461,7 @@ def frontend_farms(service: Service, node: Node | None) -> dict[str, tuple[int, 
     for index, port in enumerate(service.ports):
         segment = port_segment(port.name, port.port)
         for family in families:
-            for front in _frontends(service, port, family, node, []):
+            for front in _frontends(service, port, family, node, [], nodeports):
                 key = FarmKey(
                     service.namespace, service.name, segment, port.protocol, family, front.segment
                 )
@@ -441,13 +470,20 @@ def frontend_farms(service: Service, node: Node | None) -> dict[str, tuple[int, 
 
 
 def service_farms(
-    service: Service, state: ClusterState, node_name: str, proxy_name: str = ""
+    service: Service,
+    state: ClusterState,
+    node_name: str,
+    proxy_name: str = "",
+    nodeports: NodePortAddresses = PRIMARY,
 ) -> ServiceFarms:
-    """What one Service asks for; empty for Services that are not proxied."""
+    """What one Service asks for; empty for Services that are not proxied.
+
+    `nodeports` (kube-proxy's --nodeport-addresses) picks the node addresses of node ports.
+    """
     if not is_proxied(service, proxy_name):
         return ServiceFarms(service, (), ())
     problems: list[Problem] = []
-    farms = _service_farms(service, state, node_name, problems)
+    farms = _service_farms(service, state, node_name, proxy_name, nodeports, problems)
     return ServiceFarms(service, tuple(farms), tuple(problems))
 
 
@@ -497,6 +533,13 @@ def resolve(
     return Desired(tuple(farms), tuple(sorted(set(problems))), tuple(sorted(owners)))
 
 
-def desired_farms(state: ClusterState, node_name: str, proxy_name: str = "") -> Desired:
+def desired_farms(
+    state: ClusterState,
+    node_name: str,
+    proxy_name: str = "",
+    nodeports: NodePortAddresses = PRIMARY,
+) -> Desired:
     """The farms this node should hold for `state`; never raises, always valid farms."""
-    return resolve(service_farms(s, state, node_name, proxy_name) for s in state.services.values())
+    return resolve(
+        service_farms(s, state, node_name, proxy_name, nodeports) for s in state.services.values()
+    )

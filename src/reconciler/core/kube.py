@@ -21,11 +21,20 @@ from reconciler.core.ips import ip_info
 from reconciler.core.problems import ObjectRef, Problem
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+#: kube-proxy does not proxy Services (nor read EndpointSlices) carrying either label.
+SERVICE_PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
+HEADLESS_LABEL = "service.kubernetes.io/headless"
+#: The Node label whose value EndpointSlice zone hints name.
+ZONE_LABEL = "topology.kubernetes.io/zone"
 TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
 
 SERVICE_TYPES: tuple[str, ...] = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
 SESSION_AFFINITIES: tuple[str, ...] = ("None", "ClientIP")
 TRAFFIC_POLICIES: tuple[str, ...] = ("Cluster", "Local")
+#: spec.trafficDistribution values (PreferSameZone is the new name of PreferClose).
+TRAFFIC_DISTRIBUTIONS: tuple[str, ...] = ("PreferClose", "PreferSameZone", "PreferSameNode")
+#: status.loadBalancer.ingress[].ipMode values; only VIP (or unset) addresses are programmed.
+IP_MODES: tuple[str, ...] = ("VIP", "Proxy")
 ADDRESS_TYPES: tuple[str, ...] = ("IPv4", "IPv6", "FQDN")
 #: Node address types whose address is an IP (the others, Hostname and *DNS, are names).
 NODE_IP_TYPES: tuple[str, ...] = ("InternalIP", "ExternalIP")
@@ -138,6 +147,9 @@ class Service:
     creation_timestamp: str = ""
     #: spec.loadBalancerSourceRanges as canonical networks ("203.0.113.0/24"), host bits cleared.
     load_balancer_source_ranges: tuple[str, ...] = ()
+    #: "" (unset) or one of TRAFFIC_DISTRIBUTIONS; like kube-proxy, endpoints follow the hints
+    #: the EndpointSlice controller writes for it, not this field itself.
+    traffic_distribution: str = ""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -165,7 +177,11 @@ class Service:
 
 @frozen
 class Endpoint:
-    """One endpoint of a slice, with the API's nil rules for conditions already applied."""
+    """One endpoint of a slice, with the API's nil rules for conditions already applied.
+
+    `addresses` holds the slice's `addresses[0]` alone: the API defines no meaning for the
+    others and kube-proxy ignores them.
+    """
 
     addresses: tuple[str, ...]
     ready: bool = True
@@ -174,6 +190,13 @@ class Endpoint:
     node_name: str = ""
     zone: str = ""
     target_ref: TargetRef | None = None
+    #: hints.forZones[].name and hints.forNodes[].name, as written by the EndpointSlice controller.
+    zone_hints: tuple[str, ...] = ()
+    node_hints: tuple[str, ...] = ()
+
+    @property
+    def address(self) -> str:
+        return self.addresses[0]
 
 
 @frozen
@@ -195,6 +218,7 @@ class EndpointSlice:
     endpoints: tuple[Endpoint, ...] = ()
     ports: tuple[EndpointPort, ...] = ()
     trigger_time: str = ""
+    labels: tuple[tuple[str, str], ...] = field(default=(), converter=_sorted_pairs)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -222,6 +246,24 @@ class Node:
     taints: tuple[str, ...] = ()
     #: spec.podCIDRs (else spec.podCIDR) as canonical networks: kube-proxy's NodeCIDR detector.
     pod_cidrs: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = field(default=(), converter=_sorted_pairs)
+
+    @property
+    def zone(self) -> str:
+        """The topology.kubernetes.io/zone label, "" when unset."""
+        return _lookup(self.labels, ZONE_LABEL) or ""
+
+    def primary_ip(self, family: Family) -> str | None:
+        """The node's primary IP of that family, as kube-proxy picks it (GetNodeHostIPs).
+
+        Per family: the first InternalIP of that family, else its first ExternalIP.
+        """
+        for kind in NODE_IP_TYPES:
+            for a in self.addresses:
+                parsed = canonical_ip(a.address) if a.type == kind else None
+                if parsed is not None and parsed[1] is family:
+                    return parsed[0]
+        return None
 
     def ips(self, family: Family) -> tuple[str, ...]:
         """InternalIP and ExternalIP addresses of that family: canonical, unique, sorted."""
@@ -548,7 +590,9 @@ def parse_service(obj: Mapping[str, Any]) -> tuple[Service | None, list[Problem]
     for i, ingress in enumerate(r.items(lb, "ingress", "status.loadBalancer.ingress")):
         if not isinstance(ingress, Mapping):
             r.wrong_type(f"status.loadBalancer.ingress[{i}]", ingress, "an object")
-        elif ingress.get("ip") is not None:  # hostname-only entries carry no IP to program
+        elif ingress.get("ip") is not None and _vip_mode(  # hostname-only: no IP to program
+            r, ingress, f"status.loadBalancer.ingress[{i}].ipMode"
+        ):
             lb_ips.append(ingress["ip"])
     affinity_config = r.mapping(spec, "sessionAffinityConfig", "spec.sessionAffinityConfig")
     client_ip = r.mapping(affinity_config, "clientIP", "spec.sessionAffinityConfig.clientIP")
@@ -592,8 +636,42 @@ def parse_service(obj: Mapping[str, Any]) -> tuple[Service | None, list[Problem]
             r.items(spec, "loadBalancerSourceRanges", "spec.loadBalancerSourceRanges"),
             "spec.loadBalancerSourceRanges",
         ),
+        traffic_distribution=_traffic_distribution(r, spec),
     )
     return service, r.problems
+
+
+def _vip_mode(r: _Reader, ingress: Mapping[str, Any], path: str) -> bool:
+    """kube-proxy's IsVIPMode: unset or VIP. A Proxy address (KEP-1860) is the load balancer's
+    own: it delivers to the node, so nothing is programmed for it. Anything else is not VIP."""
+    mode = ingress.get("ipMode")
+    if mode is None or mode == "VIP":
+        return True
+    if mode != "Proxy":
+        r.problem(
+            "InvalidField",
+            f"{path} {_quote(mode)} is not one of {', '.join(IP_MODES)}; "
+            "like kube-proxy, the address is not programmed",
+            key=path,
+            value=mode,
+            allowed=IP_MODES,
+        )
+    return False
+
+
+def _traffic_distribution(r: _Reader, spec: Mapping[str, Any]) -> str:
+    value = spec.get("trafficDistribution")
+    if value is None or value == "" or value in TRAFFIC_DISTRIBUTIONS:
+        return value or ""
+    r.problem(
+        "InvalidField",
+        f"spec.trafficDistribution {_quote(value)} is not one of "
+        f"{', '.join(TRAFFIC_DISTRIBUTIONS)}; ignored",
+        key="spec.trafficDistribution",
+        value=value,
+        allowed=TRAFFIC_DISTRIBUTIONS,
+    )
+    return ""
 
 
 def _health_check_node_port(r: _Reader, spec: Mapping[str, Any]) -> int | None:
@@ -755,7 +833,8 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> tuple[EndpointSlice | None, 
     if isinstance(ident, Problem):
         return None, [ident]
     r, obj, meta = ident
-    labels = dict(r.string_pairs(meta, "labels", "metadata.labels"))
+    label_pairs = r.string_pairs(meta, "labels", "metadata.labels")
+    labels = dict(label_pairs)
     service_name = labels.get(SERVICE_NAME_LABEL)
     if service_name is None or not is_dns1035_label(service_name):
         what = "no" if service_name is None else f"an invalid ({_quote(service_name)})"
@@ -798,6 +877,7 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> tuple[EndpointSlice | None, 
             endpoints=endpoints,
             ports=ports,
             trigger_time=annotations.get(TRIGGER_TIME_ANNOTATION, ""),
+            labels=label_pairs,
         ),
         r.problems,
     )
@@ -810,26 +890,29 @@ def _endpoint(r: _Reader, raw: object, path: str, family: Family | None) -> Endp
             "InvalidEndpoint", f"{path} is {_type_name(raw)}, not an object; ignored", key=path
         )
         return None
+    # Only addresses[0] is the endpoint's (the API defines no meaning for the others, and
+    # kube-proxy's endpointslicecache reads the first alone); a later address never stands in
+    # for a bad first one.
     before = len(r.problems)
-    addresses: dict[str, None] = {}
-    for i, value in enumerate(r.items(raw, "addresses", f"{path}.addresses")):
-        where = f"{path}.addresses[{i}]"
-        if family is None:
-            if isinstance(value, str) and value:
-                addresses[value] = None
-            else:
-                r.wrong_type(where, value, "a name")
-        elif (ip := r.ip(value, where, family)) is not None:
-            addresses[ip] = None
-    if not addresses:
+    listed = r.items(raw, "addresses", f"{path}.addresses")
+    if not listed:
         if len(r.problems) == before:
             r.problem("InvalidEndpoint", f"{path} has no address; ignored", key=f"{path}.addresses")
+        return None
+    first, where = listed[0], f"{path}.addresses[0]"
+    address: str | None
+    if family is None:
+        address = first if isinstance(first, str) and first else None
+        if address is None:
+            r.wrong_type(where, first, "a name")
+    else:
+        address = r.ip(first, where, family)
+    if address is None:
         return None
     conditions = r.mapping(raw, "conditions", f"{path}.conditions")
     ready = r.flag(conditions, "ready", f"{path}.conditions.ready")
     serving = r.flag(conditions, "serving", f"{path}.conditions.serving")
     terminating = r.flag(conditions, "terminating", f"{path}.conditions.terminating")
-    ready = True if ready is None else ready  # the API: nil means ready (unknown state)
     ref_raw = r.mapping(raw, "targetRef", f"{path}.targetRef")
     target_ref = None
     if ref_raw:
@@ -839,15 +922,32 @@ def _endpoint(r: _Reader, raw: object, path: str, family: Family | None) -> Endp
             name=r.string(ref_raw, "name", f"{path}.targetRef.name"),
             uid=r.string(ref_raw, "uid", f"{path}.targetRef.uid"),
         )
+    hints = r.mapping(raw, "hints", f"{path}.hints")
     return Endpoint(
-        addresses=tuple(addresses),
-        ready=ready,
-        serving=ready if serving is None else serving,  # the API: nil serving follows ready
+        addresses=(address,),
+        # The API and kube-proxy's endpointslicecache: nil ready and nil serving mean true
+        # (the state is unknown), nil terminating means false.
+        ready=True if ready is None else ready,
+        serving=True if serving is None else serving,
         terminating=False if terminating is None else terminating,
         node_name=r.string(raw, "nodeName", f"{path}.nodeName"),
         zone=r.string(raw, "zone", f"{path}.zone"),
         target_ref=target_ref,
+        zone_hints=_hint_names(r, hints, "forZones", f"{path}.hints.forZones"),
+        node_hints=_hint_names(r, hints, "forNodes", f"{path}.hints.forNodes"),
     )
+
+
+def _hint_names(r: _Reader, hints: Mapping[str, Any], key: str, path: str) -> tuple[str, ...]:
+    """The names of hints.forZones or hints.forNodes, without duplicates; junk dropped."""
+    out: dict[str, None] = {}
+    for i, raw in enumerate(r.items(hints, key, path)):
+        name = raw.get("name") if isinstance(raw, Mapping) else None
+        if isinstance(name, str) and name:
+            out[name] = None
+        else:
+            r.wrong_type(f"{path}[{i}].name", name if isinstance(raw, Mapping) else raw, "a name")
+    return tuple(out)
 
 
 def _endpoint_port(r: _Reader, raw: object, path: str) -> EndpointPort | None:
@@ -912,6 +1012,7 @@ def parse_node(obj: Mapping[str, Any]) -> tuple[Node | None, list[Problem]]:
         deleting=bool(r.string(meta, "deletionTimestamp", "metadata.deletionTimestamp")),
         taints=tuple(sorted(taints)),
         pod_cidrs=_networks(r, pod_cidrs, "spec.podCIDRs"),
+        labels=r.string_pairs(meta, "labels", "metadata.labels"),
     )
     return node, r.problems
 

@@ -35,11 +35,13 @@ from typing import Any
 
 from attrs import field, frozen
 
-from reconciler.core.desired import Desired, frontend_farms, is_proxied
+from reconciler.core.desired import PRIMARY, Desired, frontend_farms, is_proxied
 from reconciler.core.endpoints import select_endpoints
 from reconciler.core.farms import Family, Farm
 from reconciler.core.ips import ip_info
 from reconciler.core.kube import ClusterState, Node, Service, parse_network
+from reconciler.core.nodeports import NodePortAddresses
+from reconciler.core.selection import selected
 
 TABLE_FAMILY = "inet"
 TABLE_NAME = "kube-nftlb"
@@ -446,11 +448,12 @@ def service_rules(
             family = Family.of_version(info.version)
             elements.add(Element(set_name("cluster-ips", family), (info.canonical,)))
     cluster_cache: dict[tuple[int, Family], tuple[Any, ...]] = {}
+    zone = node.zone if node is not None else ""
 
     def cluster_targets(index: int, family: Family) -> tuple[Any, ...]:
         if (index, family) not in cluster_cache:
-            cluster_cache[(index, family)] = select_endpoints(
-                service, service.ports[index], slices, family, node_name, local_only=False
+            cluster_cache[(index, family)] = select_endpoints(  # topology applies here too
+                service, service.ports[index], slices, family, node_name, False, zone
             )
         return cluster_cache[(index, family)]
 
@@ -572,6 +575,7 @@ def desired_node_table(
     node_name: str,
     config: NodeRulesConfig,
     proxy_name: str = "",
+    nodeports: NodePortAddresses = PRIMARY,
 ) -> NodeTable:
     """The whole table for `state`, whose farms `desired` decided (the controller builds the
     same incrementally, one Service's share at a time)."""
@@ -584,11 +588,11 @@ def desired_node_table(
     for key, service in state.services.items():
         if not is_proxied(service, proxy_name):
             continue
-        names = frontend_farms(service, node)
+        names = frontend_farms(service, node, nodeports)
         fronts = [FrontendFarm(f, *names[f.name]) for f in won.get(key, ()) if f.name in names]
-        shares.append(
-            service_rules(service, fronts, state.slices_for(service), node, node_name, config)
-        )
+        # the slices the agent's informers would see (kube-proxy's selector)
+        slices = [sl for sl in state.slices_for(service) if selected(sl.labels, proxy_name)]
+        shares.append(service_rules(service, fronts, slices, node, node_name, config))
     return table_of(skeleton(config, node), shares)
 
 
