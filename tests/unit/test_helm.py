@@ -74,6 +74,7 @@ def _deploy_env() -> list[str]:
         "KUBE_NFTLB_CLUSTER_CIDR": "network.clusterCIDR",
         "KUBE_NFTLB_SERVICE_CIDR": "network.serviceCIDR",
         "KUBE_NFTLB_MASQUERADE_ALL": "network.masqueradeAll",
+        "KUBE_NFTLB_NODEPORT_ADDRESSES": "network.nodePortAddresses",
     }
     return [f"{value}={env[name]}" for name, value in names.items() if name in env]
 
