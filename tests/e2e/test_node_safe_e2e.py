@@ -103,7 +103,9 @@ def test_a_rolling_update_never_takes_another_service_out_of_the_kernel(
         stop.set()
         watcher.join()
     missing = [s for s in samples if s]
-    assert len(samples) > 50
+    # The watcher must have sampled through the rollout; how often depends on the machine's load
+    # (49-300 samples seen), and the old mark bug left 80 of 90 samples short.
+    assert len(samples) > 10
     assert missing == [], (
         f"{len(missing)} of {len(samples)} samples lacked a Service: {missing[:3]}"
     )
