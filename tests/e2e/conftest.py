@@ -33,6 +33,7 @@ from reconciler.core.nftlb_ruleset import (
     service_elements,
 )
 from reconciler.nftlb.client import NftlbClient
+from reconciler.testing.fakeapi import FakeApiServer
 from reconciler.testing.nftlbd import NFTLB, NftlbProcess, delete_tables
 
 HERE = Path(__file__).parent
@@ -177,3 +178,10 @@ def clean_daemon(nftlb_daemon: NftlbDaemon) -> Iterator[NftlbDaemon]:
 def client(clean_daemon: NftlbDaemon) -> Iterator[NftlbClient]:
     with clean_daemon.client() as c:
         yield c
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeApiServer]:
+    """A fake Kubernetes API server on loopback, for a `kube-nftlb run` to list and watch."""
+    with FakeApiServer() as server:
+        yield server

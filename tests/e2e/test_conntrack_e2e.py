@@ -116,12 +116,6 @@ def conntrack_entries(dst: str, dport: int) -> list[dict[str, str]]:
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeApiServer]:
-    with FakeApiServer() as server:
-        yield server
-
-
-@pytest.fixture
 def agent(
     tmp_path: Path, fake: FakeApiServer, clean_daemon: NftlbDaemon, topology: Topology
 ) -> Iterator[Agent]:

@@ -100,12 +100,6 @@ def ports() -> Ports:
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeApiServer]:
-    with FakeApiServer() as server:
-        yield server
-
-
-@pytest.fixture
 def agent(
     tmp_path: Path, fake: FakeApiServer, clean_daemon: NftlbDaemon, ports: Ports
 ) -> Iterator[Agent]:

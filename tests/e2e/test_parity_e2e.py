@@ -81,12 +81,6 @@ def endpoint_slice(*endpoints: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeApiServer]:
-    with FakeApiServer() as server:
-        yield server
-
-
-@pytest.fixture
 def agent(
     tmp_path: Path, fake: FakeApiServer, clean_daemon: NftlbDaemon, topology: Topology
 ) -> Iterator[Agent]:

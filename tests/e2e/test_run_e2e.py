@@ -110,12 +110,6 @@ class Agent:
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeApiServer]:
-    with FakeApiServer() as server:
-        yield server
-
-
-@pytest.fixture
 def agent(tmp_path: Path, fake: FakeApiServer, clean_daemon: NftlbDaemon) -> Iterator[Agent]:
     fake.seed(load_paths([EXAMPLES]))
     a = Agent(tmp_path, fake, clean_daemon)
