@@ -3,6 +3,7 @@ nftlb daemon (issue 16)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from tests.e2e.test_examples_e2e import kube_nftlb
 from tests.e2e.test_run_e2e import EXAMPLES, WEB, Agent, backends, wait_until
 
 from reconciler.cli.demo import web_slice
@@ -175,6 +177,16 @@ def test_foreign_farms_are_never_touched_and_one_on_a_frontend_is_a_conflict(
         assert "kube_nftlb_foreign_conflicts 1.0" in metrics
         deletes = [x for x in agent.events("nftlb.operation") if x["op"] == "delete-farm"]
         assert deletes == []
+        # diff and explain against the live nftlb say so (explain said "holds exactly").
+        args = ["-f", str(EXAMPLES), "--node-name", "node-1", "--nftlb-url", clean_daemon.url]
+        args += ["--nftlb-key-file", str(clean_daemon.key_file)]
+        diffed = kube_nftlb("diff", *args)
+        assert diffed.returncode == 1 and f"! conflict {WEB}" in diffed.stdout, diffed.stderr
+        explained = kube_nftlb("explain", "default/web", *args, "-o", "json")
+        assert explained.returncode == 1, explained.stderr
+        report = json.loads(explained.stdout)
+        assert [(c["farm"], c["foreign"]) for c in report["nftlb"]["conflicts"]] == [(WEB, "lb01")]
+        assert "ForeignFarm" in [p["reason"] for p in report["problems"]]
 
 
 def test_poison_watch_lines_neither_wedge_nor_hot_loop_the_agent(

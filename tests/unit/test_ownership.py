@@ -160,3 +160,37 @@ def test_diff_shows_the_conflict(tmp_path: Path, capsys: pytest.CaptureFixture[s
             "frontend": f"tcp {web['virtual-addr']}:{web['virtual-ports']}",
         }
     ]
+
+
+def test_explain_shows_the_conflicts_of_its_service_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    examples = Path(__file__).parents[2] / "examples"
+    assert main(["render", "-f", str(examples)]) == 0
+    rendered = json.loads(capsys.readouterr().out)
+    web = next(f for f in rendered["farms"] if f["name"] == WEB)
+    others = [f for f in rendered["farms"] if f["name"] != WEB]
+    held = _farm("lb01", vip=web["virtual-addr"], port=web["virtual-ports"])
+    state = tmp_path / "farms.json"
+    # nftlb holds everything else as kube-nftlb would, and web's frontend in a foreign farm
+    state.write_text(json.dumps({"farms": [*others, held]}))
+    argv = ["explain", "default/web", "-f", str(examples), "--state", str(state)]
+    assert main([*argv, "-o", "json"]) == 1
+    r = json.loads(capsys.readouterr().out)
+    frontend = f"tcp {web['virtual-addr']}:{web['virtual-ports']}"
+    assert r["matches"] is False and r["nftlb"]["matches"] is False
+    assert r["nftlb"]["conflicts"] == [
+        {"farm": WEB, "foreign": "lb01", "what": "frontend", "frontend": frontend}
+    ]
+    assert WEB not in [o["farm"] for o in r["nftlb"]["operations"]], "withheld, as run does"
+    foreign = [p for p in r["problems"] if p["reason"] == "ForeignFarm"]
+    assert [(p["object"], p["key"], p["value"]) for p in foreign] == [
+        ("Service default/web", frontend, "lb01")
+    ]
+    assert main(argv) == 1
+    text = capsys.readouterr().out
+    assert f"! conflict {WEB}" in text and "'lb01'" in text and frontend in text
+    assert "holds exactly these farms" not in text
+    # Another Service's explain does not carry web's conflict.
+    assert main(["explain", "ingress/ingress", "-f", str(examples), "--state", str(state)]) == 0
+    assert "conflict" not in capsys.readouterr().out

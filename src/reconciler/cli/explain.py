@@ -3,7 +3,8 @@
 For one Service, from the same input `render` and `diff` read: its farms and frontends, which
 endpoints became backends and which were left out and why (the pure core's
 `endpoints.explain_endpoints`, never a second copy of the rules here), its problems, and, with
-`--nftlb-url` (or `--state`), whether nftlb holds exactly that farm by farm; with a live nftlb,
+`--nftlb-url` (or `--state`), whether nftlb holds exactly that farm by farm (and which of its
+farms a farm kube-nftlb did not make holds, as `diff` says); with a live nftlb,
 as root on the node, whether the kernel does too (`nft -j list ruleset`). Exit codes as `diff`:
 0 everything matches, 1 something differs, 2 an error.
 """
@@ -24,6 +25,7 @@ from reconciler.cli.main import (
     EXIT_OK,
     Resolved,
     UsageError,
+    conflicts_for,
     load_source,
     plan_for,
     read_nftlb,
@@ -42,7 +44,9 @@ from reconciler.core.names import (
     port_segment,
 )
 from reconciler.core.nftlb_ruleset import kernel_differences, ruleset_objects
+from reconciler.core.ownership import conflict_problem
 from reconciler.core.plan import Operation
+from reconciler.core.problems import Problem
 from reconciler.core.selection import selected
 from reconciler.core.wire import ReadBack
 
@@ -91,6 +95,16 @@ def _kernel(farms: list[Farm]) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError, ValueError) as e:
         return {"checked": False, "why": f"nft -j list ruleset failed: {e}", "differences": []}
     return {"checked": True, "why": None, "differences": kernel_differences(farms, ruleset)}
+
+
+def _problem_row(p: Problem) -> dict[str, Any]:
+    return {
+        "object": str(p.ref),
+        "reason": p.reason,
+        "message": p.message,
+        "key": p.key or None,
+        "value": p.value or None,
+    }
 
 
 def build_report(args: argparse.Namespace, settings: Resolved) -> dict[str, Any]:
@@ -182,16 +196,7 @@ def build_report(args: argparse.Namespace, settings: Resolved) -> dict[str, Any]
         "not_served": _not_served(service, source.proxy_name),
         "farms": farm_rows,
         "endpoints": endpoints,
-        "problems": [
-            {
-                "object": str(p.ref),
-                "reason": p.reason,
-                "message": p.message,
-                "key": p.key or None,
-                "value": p.value or None,
-            }
-            for p in problems
-        ],
+        "problems": [_problem_row(p) for p in problems],
         "nftlb": None,
         "matches": None,
     }
@@ -205,14 +210,19 @@ def build_report(args: argparse.Namespace, settings: Resolved) -> dict[str, Any]
     ops: list[Operation] = [
         op for op in plan_for(desired, read) if _belongs(op.farm_name, key, ours)
     ]
+    # This Service's farms that a farm kube-nftlb did not make holds: `run` withholds them (so
+    # they are in no operation) and reports a ForeignFarm problem, as here.
+    conflicts = [c for c in conflicts_for(desired, read) if c.farm in ours]
+    report["problems"] += [_problem_row(conflict_problem(c, key)) for c in conflicts]
     nftlb: dict[str, Any] = {
         "compared_with": where,
-        "matches": not ops,
+        "matches": not ops and not conflicts,
         "operations": [op.to_json() for op in ops],
+        "conflicts": [c.to_json() for c in conflicts],
         "foreign_farms": list(read.foreign),
         "kernel": None,
     }
-    differs = bool(ops)
+    differs = bool(ops) or bool(conflicts)
     if settings.given(NFTLB_URL) and not getattr(args, "state", None):
         marked = marked_farms(farms, read.owned)
         nftlb["kernel"] = kernel = _kernel(list(marked.values()))
@@ -261,6 +271,10 @@ def _text(r: dict[str, Any]) -> str:
     lines.append("")
     if n["matches"]:
         lines.append(f"nftlb ({n['compared_with']}): holds exactly these farms")
+    elif not n["operations"]:
+        lines.append(
+            f"nftlb ({n['compared_with']}): nothing `run` would send, but farms are withheld:"
+        )
     else:
         lines.append(f"nftlb ({n['compared_with']}): differs; the plan `run` would apply:")
         for op in n["operations"]:
@@ -268,6 +282,11 @@ def _text(r: dict[str, Any]) -> str:
             lines.append(f"  {op['op']} {op['farm']}{target}")
             for c in op["changes"]:
                 lines.append(f"    {c['path']}: {json.dumps(c['old'])} -> {json.dumps(c['new'])}")
+    for c in n["conflicts"]:
+        lines.append(
+            f"  ! conflict {c['farm']}: not programmed, nftlb's farm {c['foreign']!r} (not "
+            f"kube-nftlb's) holds its {'name' if c['what'] == 'name' else c['frontend']}"
+        )
     kernel = n["kernel"]
     if kernel is not None:
         if not kernel["checked"]:
