@@ -266,3 +266,30 @@ def test_regression_replacing_an_endpoint_never_reuses_the_departing_mark() -> N
     assert bad.model.dark_farms() == {web.name: "mark", dns.name: "table"}
     with pytest.raises(AssertionError, match="without rules"):
         never_dark(bad.model)
+
+
+def _v6(name: str, vip: str, *ips: str) -> Farm:
+    return Farm(
+        name,
+        Family.IPV6,
+        Protocol.TCP,
+        (Address(f"{name}-addr", Family.IPV6, vip, 80, Protocol.TCP),),
+        tuple(Backend(backend_name(ip, 8080), ip, 8080, 1, i + 1) for i, ip in enumerate(ips)),
+    )
+
+
+def test_regression_a_farm_created_after_an_ipv6_wipe_is_never_the_repair_target() -> None:
+    """Found by the prefix property (dev profile): an IPv6 farm's frontend moves (nftlb drops
+    the other IPv6 farms' rules), then a new IPv6 farm is created and its answer is lost. The
+    next sync's repair picked the new farm (first by name) as its target; it has its rules, so
+    changing it rebuilt nothing and the wiped farm stayed dark. A farm sent for creation after
+    the wipe is intact whether or not its answer arrived."""
+    wiped = _v6("k8s.z.wiped.http.tcp.v6", "fd00::1", "fd01::1", "fd01::2")
+    moving = _v6("k8s.m.moving.http.tcp.v6", "fd00::2", "fd01::3")
+    new = _v6("k8s.a.new.http.tcp.v6", "fd00::3", "fd01::4")
+    moved = evolve(moving, addresses=(evolve(moving.addresses[0], ip="fd00::9"),))
+    plan = diff([wiped, moved, new], [wiped, moving])
+    assert [op.kind for op in plan] == [OpKind.UPDATE_FARM, OpKind.CREATE_FARM]
+    # Requests: 0 the sync's GET, 1 the move (the wipe), 2 the create, cut after nftlb took it.
+    h, _ = run([wiped, moving], [wiped, moved, new], {2: "cut-after"})
+    assert h.trace[-5:-1] == ["GET /farms", "GET /farms", "POST /farms", "POST /farms"]

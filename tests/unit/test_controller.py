@@ -444,3 +444,85 @@ def test_a_restart_the_watchdog_saw_ends_a_failure_backoff_with_a_full_sync() ->
         assert w.controller.nftlb_tables() == {("ip", "nftlb")}
     finally:
         w.controller.stop()
+
+
+class SlowClock:
+    """A clock that nftlb's writes move on (each costs `per_write` seconds)."""
+
+    def __init__(self, per_write: float) -> None:
+        self.now = 1000.0
+        self.per_write = per_write
+
+    def __call__(self) -> float:
+        return self.now
+
+    def transport(self, model: NftlbModel) -> httpx.MockTransport:
+        handler = model.as_handler()
+
+        def slow(request: httpx.Request) -> httpx.Response:
+            if request.method != "GET":
+                self.now += self.per_write
+            return handler(request)
+
+        return httpx.MockTransport(slow)
+
+
+def paced_world(per_write: float, pace_max: float = 5.0) -> tuple[World, SlowClock]:
+    w = World()
+    clock = SlowClock(per_write)
+    w.client = NftlbClient("http://nftlb", "k", transport=clock.transport(w.model))
+    w.controller = Controller(
+        Settings("n1", pace_max=pace_max),
+        w.client,
+        w.services,
+        w.slices,
+        w.nodes,
+        Metrics(),
+        get_logger(),
+        clock=clock,
+    )
+    w.put_service(service())
+    w.put_slice(eps("web", "10.1.0.1"))
+    assert w.controller._wait_for_work() == "full"
+    assert w.controller._sync_paced("full").ok
+    return w, clock
+
+
+def test_after_a_long_sync_the_next_waits_as_long_as_it_took() -> None:
+    w, clock = paced_world(per_write=2.0)  # the initial sync wrote once: it took 2 s
+    w.put_slice(eps("web", "10.1.0.1", "10.1.0.2", rv="2"))
+    assert w.controller._wait_for_work() is None  # the change waits out the pause ...
+    clock.now += 1.9
+    assert w.controller._wait_for_work() is None
+    clock.now += 0.2
+    assert w.controller._wait_for_work() == "partial"  # ... of as long as the sync took
+    assert w.controller._sync_paced("partial").ok
+    assert [b.ip for b in w.farms()["k8s.default.web.http.tcp.v4"].backends] == [
+        "10.1.0.1",
+        "10.1.0.2",
+    ]
+
+
+def test_the_pause_is_capped_and_a_short_sync_barely_pauses() -> None:
+    w, clock = paced_world(per_write=60.0, pace_max=5.0)  # a very long initial sync
+    w.put_slice(eps("web", "10.1.0.1", "10.1.0.2", rv="2"))
+    assert w.controller._wait_for_work() is None
+    clock.now += 5.01  # capped at pace_max, not 60 s
+    assert w.controller._wait_for_work() == "partial"
+    clock.per_write = 0.001
+    assert w.controller._sync_paced("partial").ok
+    w.put_slice(eps("web", "10.1.0.1", rv="3"))
+    clock.now += 0.002
+    assert w.controller._wait_for_work() == "partial"
+
+
+def test_a_restart_of_nftlb_is_repaired_without_waiting_out_the_pause() -> None:
+    w, _ = paced_world(per_write=3.0)
+    w.controller.restarted("nftlb")
+    assert w.controller._wait_for_work() == "full"
+
+
+def test_pacing_off() -> None:
+    w, _ = paced_world(per_write=3.0, pace_max=0.0)
+    w.put_slice(eps("web", "10.1.0.1", "10.1.0.2", rv="2"))
+    assert w.controller._wait_for_work() == "partial"

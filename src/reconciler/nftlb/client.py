@@ -515,12 +515,11 @@ class NftlbClient:
                     j = i
                     while j < len(ops) and ops[j].kind is OpKind.CREATE_FARM:
                         j += 1
+                    if wipe.active:  # before sending: made after the wipe, they keep their
+                        # rules even if the answer is lost (never a repair target, which must
+                        # be a wiped farm for the repair to rebuild anything)
+                        wipe.intact.update(o.farm_name for o in ops[i:j])
                     isolated += self._create(ops[i:j], failures)
-                    failed = {f.farm for f in failures}
-                    if wipe.active:
-                        wipe.intact.update(
-                            o.farm_name for o in ops[i:j] if o.farm_name not in failed
-                        )
                     i = j
                     continue
                 if op.kind is OpKind.UPSERT_BACKENDS:
