@@ -13,6 +13,7 @@ from reconciler.core.farms import (
     Scheduler,
     assign_marks,
 )
+from reconciler.core.names import FarmKey, farm_name
 from reconciler.core.plan import OpKind, render_text
 
 
@@ -175,3 +176,23 @@ def test_two_farms_swapping_frontends_recreate_one() -> None:
         (OpKind.UPDATE_FARM, b.name),
         (OpKind.CREATE_FARM, a.name),
     ]
+
+
+def test_kube_system_farms_go_first_within_each_kind() -> None:
+    """After an nftlb restart everything is created again, in POSTs of 50 farms that take
+    nftlb minutes at 5,000 Services: cluster DNS must be in the first, not the last."""
+    names = [
+        "k8s.a.web.http.tcp.v4",
+        "k8s.kube-system.kube-dns.dns.udp.v4",
+        "k8s.zz.api.http.tcp.v4",
+    ]
+    wanted = [farm(n, f"10.96.0.{i + 1}") for i, n in enumerate(names)]
+    creates = [op.farm_name for op in diff(wanted, [])]
+    assert creates == [names[1], names[0], names[2]]
+    deletes = [op.farm_name for op in diff([], [applied(f) for f in wanted])]
+    assert deletes[0] == names[1]
+    key = FarmKey("kube-system", "x" * 60, "dns", Protocol.UDP, Family.IPV4)
+    short = farm_name(key)  # shortened names keep the prefix
+    assert short != key.full_name
+    ops = diff([farm(short, "10.96.0.9"), *wanted[::2]], [])
+    assert ops.operations[0].farm_name == short
