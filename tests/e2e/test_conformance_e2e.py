@@ -446,6 +446,29 @@ def test_the_kernel_holds_exactly_the_verdicts_of_the_cluster(agent: Agent) -> N
     assert choices and not any("0x8" in line for line in choices)
 
 
+def test_the_no_local_endpoints_gauge_counts_the_ports_the_kernel_drops(agent: Agent) -> None:
+    """kube-proxy's sync_proxy_rules_no_local_endpoints_total, scraped from the running agent:
+    itp-local's port (internal) and lb-elsewhere's port in each family (external), the ports
+    whose drop verdicts the kernel holds; lb-local has a local endpoint, empty none at all."""
+    from tests.e2e.test_run_e2e import NO_LOCAL, _gauge
+
+    drops = set()
+    for name in ("verdicts-v4", "verdicts-v6"):
+        for e in map(json.loads, _elements(name)):
+            if e[1] == {"drop": None}:
+                ip, _, port = e[0]["concat"]
+                drops.add((ip, port))
+    assert drops == {
+        ("10.96.0.14", 80),
+        ("198.51.100.31", 80),
+        (NODE_IP, 30091),
+        ("fd00:198::31", 80),
+        (NODE_IP6, 30091),
+    }
+    _, text = agent.http("/metrics")
+    assert (_gauge(text, NO_LOCAL, "internal"), _gauge(text, NO_LOCAL, "external")) == (1, 2)
+
+
 def test_our_table_deleted_behind_our_back_is_restored_by_the_next_full_sync(
     agent: Agent, topology: Topology
 ) -> None:

@@ -368,7 +368,9 @@ def _served(text: str) -> set[str]:
     return served
 
 
-def test_every_metric_the_dashboard_and_alerts_query_is_served(agent: Agent) -> None:
+def test_every_metric_the_dashboard_and_alerts_query_is_served(
+    agent: Agent, fake: FakeApiServer
+) -> None:
     wait_until(lambda: agent.http("/readyz")[0] == 200, what="ready")
     status, text = agent.http("/metrics")
     assert status == 200
@@ -382,3 +384,30 @@ def test_every_metric_the_dashboard_and_alerts_query_is_served(agent: Agent) -> 
     missing = queried - _served(text)
     assert not missing, f"queried but not served by a running agent: {sorted(missing)}"
     assert "no_such_metric_total" not in _served(text)
+
+    # kube-proxy's no-local-endpoints gauge, set by each sync: ingress (eTP Local, two ports)
+    # has an endpoint on node-1, then only on node-2
+    assert _gauge(text, NO_LOCAL, "internal") == 0 and _gauge(text, NO_LOCAL, "external") == 0
+    moved = fake.get("EndpointSlice", "ingress", "ingress-1")
+    assert moved is not None
+    for e in moved["endpoints"]:
+        e["nodeName"] = "node-2"
+    fake.apply(moved)
+    wait_until(
+        lambda: _gauge(agent.http("/metrics")[1], NO_LOCAL, "external") == 2,
+        what="both ports of ingress counted",
+    )
+    assert _gauge(agent.http("/metrics")[1], NO_LOCAL, "internal") == 0
+
+
+NO_LOCAL = "kubeproxy_sync_proxy_rules_no_local_endpoints_total"
+
+
+def _gauge(text: str, name: str, traffic_policy: str) -> float | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels.get("traffic_policy") == traffic_policy:
+                return s.value
+    return None

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.core.desired import desired_farms
+from reconciler.core.desired import desired_farms, frontend_farms
+from reconciler.core.farms import Family
 from reconciler.core.kube import parse_objects
 from reconciler.core.node_diff import RuleIndex, build_commands, diff_tables, parse_table
 from reconciler.core.node_rules import (
+    EXTERNAL,
+    INTERNAL,
     TABLE_FAMILY,
     TABLE_NAME,
     DetectLocalMode,
     Element,
     NodeRulesConfig,
     NodeTable,
+    NoLocalEndpoints,
     ServiceRules,
+    count_no_local,
     desired_node_table,
+    desired_shares,
+    set_name,
+    skeleton,
     table_of,
 )
 from tests.property.strategies import cluster_and_node
@@ -75,6 +84,58 @@ def test_a_diff_between_two_clusters_makes_the_second(
     }
 
 
+@st.composite
+def _mostly_local(draw: st.DrawFn) -> tuple[list[Any], str]:
+    """A cluster whose Services mostly have Local policies and some slices no endpoint on the
+    node (drops are rare otherwise)."""
+    objs, node = draw(cluster_and_node(junk=False))
+    objs = copy.deepcopy(objs)
+    flat = [i for o in objs for i in (o.get("items", []) if "items" in o else [o])]
+    for obj in flat:
+        if isinstance(obj.get("endpoints"), list) and draw(st.booleans()):
+            for e in obj["endpoints"]:  # this slice's endpoints all elsewhere
+                if isinstance(e, dict) and e.get("nodeName") == node:
+                    e["nodeName"] = "elsewhere"
+        spec = obj.get("spec")
+        if not isinstance(spec, dict) or "ports" not in spec or not draw(st.integers(0, 3)):
+            continue  # a slice, a Node, or a Service left as drawn
+        spec["internalTrafficPolicy"] = draw(st.sampled_from(["Local", "Cluster"]))
+        if spec.get("type") in ("NodePort", "LoadBalancer") or spec.get("externalIPs"):
+            spec["externalTrafficPolicy"] = draw(st.sampled_from(["Local", "Cluster"]))
+    return objs, node
+
+
+@given(_mostly_local(), CONFIGS)
+def test_the_no_local_endpoints_count_is_the_tables_local_drop_verdicts(
+    data: tuple[list[Any], str], config: NodeRulesConfig
+) -> None:
+    """kube-proxy's gauge and the rules are one decision: a Service port (per family and
+    policy) is counted iff some frontend farm of it has the ``drop`` verdict in the table."""
+    objs, node_name = data
+    state, _ = parse_objects(objs)
+    desired = desired_farms(state, node_name)
+    node = state.nodes.get(node_name)
+    shares = desired_shares(state, desired, node_name, config)
+    table = table_of(skeleton(config, node), shares.values())
+    owners = desired.owner_map()
+    dropped = set()
+    for farm in desired.farms:
+        a = farm.addresses[0]
+        drop = Element(set_name("verdicts", farm.family), (a.ip, a.protocol.value, a.port), "drop")
+        key = owners[farm.name]
+        if drop in table.elements and key in shares:
+            index, external = frontend_farms(state.services[key], node)[farm.name]
+            dropped.add((key, index, farm.family, EXTERNAL if external else INTERNAL))
+    counted = {
+        (key, n.port_index, n.family, n.traffic_policy)
+        for key, share in shares.items()
+        for n in share.no_local
+    }
+    assert counted == dropped
+    totals = count_no_local(shares.values())
+    assert totals == {p: sum(1 for c in counted if c[3] == p) for p in (INTERNAL, EXTERNAL)}
+
+
 _ELEMENTS = st.sampled_from(
     [
         Element("hairpin-v4", ("10.0.0.1", "10.0.0.1")),
@@ -84,8 +145,20 @@ _ELEMENTS = st.sampled_from(
         Element("cluster-ips-v4", ("10.96.0.1",)),
     ]
 )
+_NO_LOCAL = st.frozensets(
+    st.builds(
+        NoLocalEndpoints,
+        st.integers(0, 2),
+        st.sampled_from(list(Family)),
+        st.sampled_from([INTERNAL, EXTERNAL]),
+    ),
+    max_size=3,
+)
 _STEPS = st.lists(
-    st.tuples(st.sampled_from("abc"), st.none() | st.frozensets(_ELEMENTS, max_size=4)),
+    st.tuples(
+        st.sampled_from("abc"),
+        st.none() | st.tuples(st.frozensets(_ELEMENTS, max_size=4), _NO_LOCAL),
+    ),
     max_size=12,
 )
 
@@ -97,14 +170,15 @@ def test_the_index_deltas_keep_the_kernel_equal_to_the_merged_table(steps: list[
     index = RuleIndex()
     held: dict[str, ServiceRules] = {}
     kernel: set[Element] = set()
-    for owner, elements in steps:
-        share = None if elements is None else ServiceRules(elements)
+    for owner, parts in steps:
+        share = None if parts is None else ServiceRules(parts[0], no_local=parts[1])
         added, removed, _ = index.replace(owner, share)
         assert not (added & removed)
         assert removed <= kernel and not (added & kernel)
         kernel = (kernel - removed) | added
-        if share is None or not share.elements:
+        if share is None or not (share.elements or share.no_local):
             held.pop(owner, None)
         else:
             held[owner] = share
         assert kernel == set(table_of(NodeTable(), held.values()).elements)
+        assert index.no_local_endpoints() == count_no_local(held.values())

@@ -8,6 +8,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from tests.unit.test_controller import World, service
+from tests.unit.test_controller_node_table import put, world
 
 from reconciler import __version__
 from reconciler.agent.metrics import (
@@ -15,7 +16,7 @@ from reconciler.agent.metrics import (
     KUBEPROXY_SYNC_BUCKETS,
     Metrics,
 )
-from reconciler.core.kube import parse_endpoint_slice
+from reconciler.core.kube import parse_endpoint_slice, parse_service
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -148,3 +149,78 @@ def test_a_change_a_failed_sync_took_is_timed_to_the_sync_that_programs_it() -> 
     assert value(m, "kubeproxy_network_programming_duration_seconds_sum") >= 0.3
     assert w.controller.sync_full().ok  # observed once, not again
     assert value(m, "kubeproxy_network_programming_duration_seconds_count") == 1
+
+
+NO_LOCAL = "kubeproxy_sync_proxy_rules_no_local_endpoints_total"
+
+
+def _local_service(rv: str, **spec: Any) -> Any:
+    raw = {
+        "metadata": {"name": "web", "namespace": "default", "resourceVersion": rv},
+        "spec": {
+            "clusterIP": "10.96.0.1",
+            "ports": [{"name": "http", "port": 80, "nodePort": 30080}],
+            **spec,
+        },
+    }
+    return parse_service(raw)[0]
+
+
+def _slice_on(node: str, rv: str) -> Any:
+    raw = {
+        "metadata": {
+            "name": "web-1",
+            "namespace": "default",
+            "resourceVersion": rv,
+            "labels": {"kubernetes.io/service-name": "web"},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["10.244.1.5"], "nodeName": node}],
+    }
+    return parse_endpoint_slice(raw)[0]
+
+
+def test_no_local_endpoints_is_set_after_each_sync_and_follows_the_endpoints() -> None:
+    controller, _, services, slices = world()
+    m = controller.metrics
+    assert (NO_LOCAL, (("traffic_policy", "internal"),)) not in samples(m)  # none before a sync
+    put(controller, services, _local_service("1", internalTrafficPolicy="Local"))
+    put(controller, slices, _slice_on("n2", "1"))  # the only endpoint is on another node
+    assert controller.sync_full().ok
+    assert value(m, NO_LOCAL, traffic_policy="internal") == 1
+    assert (NO_LOCAL, (("traffic_policy", "external"),)) in samples(m)
+    assert value(m, NO_LOCAL, traffic_policy="external") == 0
+    put(controller, slices, _slice_on("n1", "2"))  # it moves here
+    assert controller.sync_partial().ok
+    assert value(m, NO_LOCAL, traffic_policy="internal") == 0
+    put(controller, slices, _slice_on("n2", "3"))  # and away again
+    assert controller.sync_partial().ok
+    assert value(m, NO_LOCAL, traffic_policy="internal") == 1
+    put(
+        controller,
+        services,
+        _local_service("2", type="NodePort", externalTrafficPolicy="Local"),
+    )
+    assert controller.sync_partial().ok
+    assert value(m, NO_LOCAL, traffic_policy="internal") == 0
+    assert value(m, NO_LOCAL, traffic_policy="external") == 1
+    services.items.pop(("default", "web"))
+    controller.on_service(("default", "web"), _local_service("2"), None)
+    assert controller.sync_partial().ok
+    assert value(m, NO_LOCAL, traffic_policy="external") == 0
+
+
+def test_no_local_endpoints_is_left_alone_by_a_failed_sync() -> None:
+    controller, kernel, services, slices = world()
+    m = controller.metrics
+    put(controller, services, _local_service("1", internalTrafficPolicy="Local"))
+    put(controller, slices, _slice_on("n2", "1"))
+    assert controller.sync_full().ok
+    kernel.refuse = True  # nft refuses the table: nothing changed in the kernel
+    put(controller, slices, _slice_on("n1", "2"))
+    assert not controller.sync_partial().ok
+    assert value(m, NO_LOCAL, traffic_policy="internal") == 1
+    kernel.refuse = False
+    assert controller.sync_full().ok
+    assert value(m, NO_LOCAL, traffic_policy="internal") == 0

@@ -878,6 +878,8 @@ class Controller:
         )
         if result.ok:
             self.ready = True
+            if self._table is not None:  # what the table just written drops
+                self.metrics.no_local_endpoints(self._rules.no_local_endpoints())
         else:
             self._keep_triggers(triggers)
         self.log.info(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -118,6 +118,13 @@ class Metrics:
         self.kp_sync_failures = Counter(
             f"{k}sync_proxy_rules_nftables_sync_failures_total",
             "Syncs that failed to program the rules (nftlb or the node table).",
+            registry=r,
+        )
+        self.kp_no_local = Gauge(
+            f"{k}sync_proxy_rules_no_local_endpoints_total",
+            "Number of services with a Local traffic policy and no endpoints (Service ports, "
+            "once per IP family, whose Local policy drops for want of a local endpoint).",
+            ["traffic_policy"],
             registry=r,
         )
         self._pending_services: set[Hashable] = set()
@@ -293,6 +300,11 @@ class Metrics:
             latency = max(0.0, now - stamp)
             self.programming_latency.observe(latency)
             self.kp_programming.observe(latency)
+
+    def no_local_endpoints(self, counts: Mapping[str, int]) -> None:
+        """Set after each successful sync, as kube-proxy does, from the node table's rules."""
+        for policy, n in counts.items():
+            self.kp_no_local.labels(traffic_policy=policy).set(n)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from reconciler.core.node_rules import (
+    EXTERNAL,
+    INTERNAL,
     TABLE_FAMILY,
     TABLE_NAME,
     BaseHook,
@@ -259,6 +261,11 @@ class RuleIndex:
         self._counts: Counter[Element] = Counter()
         self._verdicts: dict[tuple[str, Key], set[Element]] = {}
         self._chains: dict[str, Chain] = {}
+        self._no_local: Counter[str] = Counter()
+
+    def no_local_endpoints(self) -> dict[str, int]:
+        """`count_no_local` of every share, kept as shares are replaced."""
+        return {p: self._no_local[p] for p in (INTERNAL, EXTERNAL)}
 
     def shares(self) -> list[ServiceRules]:
         return list(self._shares.values())
@@ -278,8 +285,12 @@ class RuleIndex:
         """Swap `owner`'s share; returns (elements added, elements removed, chains changed:
         name -> new chain, or None when deleted), as seen in the merged table."""
         old = self._shares.pop(owner, None)
-        if share is not None and (share.elements or share.chains):
+        if share is not None and (share.elements or share.chains or share.no_local):
             self._shares[owner] = share
+        for n in old.no_local if old is not None else ():
+            self._no_local[n.traffic_policy] -= 1
+        for n in share.no_local if share is not None else ():
+            self._no_local[n.traffic_policy] += 1
         old_elements = old.elements if old is not None else frozenset()
         new_elements = share.elements if share is not None else frozenset()
         slots = {(e.set, e.key) for e in old_elements ^ new_elements}

@@ -195,12 +195,29 @@ class NodeTable:
     elements: frozenset[Element] = frozenset()
 
 
+#: kube-proxy's ``traffic_policy`` label values: internalTrafficPolicy, externalTrafficPolicy.
+INTERNAL, EXTERNAL = "internal", "external"
+
+
+@frozen
+class NoLocalEndpoints:
+    """One Service port, in one family, whose Local traffic policy drops what reaches this
+    node: it has endpoints in the cluster but none here (the ``drop`` verdict below).
+    kube-proxy's ``sync_proxy_rules_no_local_endpoints_total`` counts these."""
+
+    port_index: int
+    family: Family
+    traffic_policy: str  # INTERNAL or EXTERNAL
+
+
 @frozen
 class ServiceRules:
-    """One Service's share of the table: elements and its short-circuit chains."""
+    """One Service's share of the table: elements and its short-circuit chains, and the ports
+    it drops for want of a local endpoint (counted, not written)."""
 
     elements: frozenset[Element] = frozenset()
     chains: tuple[Chain, ...] = ()
+    no_local: frozenset[NoLocalEndpoints] = frozenset()
 
 
 # -- expressions ---------------------------------------------------------------------------------
@@ -442,6 +459,7 @@ def service_rules(
         return ServiceRules()
     elements: set[Element] = set()
     chains: list[Chain] = []
+    no_local: set[NoLocalEndpoints] = set()
     for ip in service.cluster_ips:
         info = ip_info(ip)
         if info is not None:
@@ -470,9 +488,14 @@ def service_rules(
             service.external_traffic_policy if front.external else service.internal_traffic_policy
         ) == "Local"
         if not farm.backends:
+            # Local with endpoints elsewhere drops (kube-proxy: !hasLocalEndpoints), none at
+            # all rejects (!hasEndpoints)
             has_any = local_policy and cluster_targets(front.port_index, family)
             verdict = "drop" if has_any else "goto:reject"
             elements.add(Element(set_name("verdicts", family), key, verdict))
+            if has_any:
+                policy = EXTERNAL if front.external else INTERNAL
+                no_local.add(NoLocalEndpoints(front.port_index, family, policy))
         elif not front.external:
             if config.masquerade_all:
                 elements.add(Element(set_name("masquerade", family), key, "goto:mark-masquerade"))
@@ -512,7 +535,17 @@ def service_rules(
                     elements.add(
                         Element(set_name("firewall-allow", family), (*key, normalise_network(r)))
                     )
-    return ServiceRules(frozenset(elements), tuple(sorted(chains)))
+    return ServiceRules(frozenset(elements), tuple(sorted(chains)), frozenset(no_local))
+
+
+def count_no_local(shares: Iterable[ServiceRules]) -> dict[str, int]:
+    """kube-proxy's gauge: Service ports (once per family) dropped for want of a local
+    endpoint, by traffic policy."""
+    counts = {INTERNAL: 0, EXTERNAL: 0}
+    for share in shares:
+        for n in share.no_local:
+            counts[n.traffic_policy] += 1
+    return counts
 
 
 def _host(ip: str) -> str:
@@ -579,12 +612,25 @@ def desired_node_table(
 ) -> NodeTable:
     """The whole table for `state`, whose farms `desired` decided (the controller builds the
     same incrementally, one Service's share at a time)."""
+    shares = desired_shares(state, desired, node_name, config, proxy_name, nodeports)
+    return table_of(skeleton(config, state.nodes.get(node_name)), shares.values())
+
+
+def desired_shares(
+    state: ClusterState,
+    desired: Desired,
+    node_name: str,
+    config: NodeRulesConfig,
+    proxy_name: str = "",
+    nodeports: NodePortAddresses = PRIMARY,
+) -> dict[tuple[str, str], ServiceRules]:
+    """Every proxied Service's share of the table for `state`, by Service key."""
     node = state.nodes.get(node_name)
     owners = desired.owner_map()
     won: dict[tuple[str, str], list[Farm]] = {}
     for farm in desired.farms:
         won.setdefault(owners[farm.name], []).append(farm)
-    shares = []
+    shares = {}
     for key, service in state.services.items():
         if not is_proxied(service, proxy_name):
             continue
@@ -592,8 +638,8 @@ def desired_node_table(
         fronts = [FrontendFarm(f, *names[f.name]) for f in won.get(key, ()) if f.name in names]
         # the slices the agent's informers would see (kube-proxy's selector)
         slices = [sl for sl in state.slices_for(service) if selected(sl.labels, proxy_name)]
-        shares.append(service_rules(service, fronts, slices, node, node_name, config))
-    return table_of(skeleton(config, node), shares)
+        shares[key] = service_rules(service, fronts, slices, node, node_name, config)
+    return shares
 
 
 def _one_verdict_per_key(elements: Iterable[Element]) -> list[Element]:
