@@ -9,8 +9,10 @@ that checks the IPv6 repair of `NftlbClient.apply` under random sequences.
 
 The generator makes what the reconciler makes (farms `validate_farm` accepts: one frontend,
 sent as the farm's own shorthand; no persistence or hash keys that crash libnftables; no
-IPv4-only helpers on IPv6), and no two farms of one family sharing a ct helper object (same
-helper and protocol) or forward logging, which nftlb 1.0.7 cannot stop cleanly.
+IPv4-only helpers on IPv6), and no two farms of one family forward logging, which nftlb
+1.0.7 cannot stop cleanly. Farms may share a ct helper object (same family, helper and
+protocol), which nftlb 1.0.7 cannot stop either: then, as the plan does, a change that stops
+one, or its delete, turns it off first (`Operation.stop_first`).
 test_nftlb_client_e2e.py characterises what happens outside.
 """
 
@@ -52,7 +54,7 @@ from reconciler.core.farms import (
     validate_farm,
 )
 from reconciler.core.names import FarmKey, address_name, backend_name, farm_name
-from reconciler.core.plan import Operation, OpKind, Plan
+from reconciler.core.plan import RESTART_FIELDS, Operation, OpKind, Plan
 from reconciler.core.wire import Request
 from reconciler.nftlb.client import ApplyResult, NftlbClient
 from reconciler.testing.nftlb_model import NftlbModel
@@ -173,20 +175,39 @@ class Differential(RuleBasedStateMachine):
         assert self.real.get_farms_document() == {"farms": []}
 
     def unshared(
-        self, name: str, fields: dict[str, object], family: Family, protocol: Protocol
+        self,
+        name: str,
+        fields: dict[str, object],
+        family: Family,
+        protocol: Protocol,
+        share: bool = False,
     ) -> dict[str, object]:
         """`fields` without what nftlb 1.0.7 cannot stop once another farm shares it (see
-        test_nftlb_client_e2e): a ct helper object (one per family, helper and protocol), and
-        the base forward chain of a family's forward logs. The reconciler must not make
-        such farms either; they are not generated here."""
+        test_nftlb_client_e2e): the base forward chain of a family's forward logs, and unless
+        `share`, a ct helper object (one per family, helper and protocol). The reconciler
+        makes neither, but may find shared helpers in nftlb: the plan turns such a farm off
+        to change or delete it (`Operation.stop_first`), as `self.stops` does here."""
         others = [f for f in self.wanted.values() if f.name != name and f.family is family]
         helper = fields["helper"]
-        if any(f.helper is helper and f.protocol is protocol for f in others):
+        if not share and any(f.helper is helper and f.protocol is protocol for f in others):
             fields = fields | {"helper": Helper.NONE}
+        peers = [f.helper for f in others if f.protocol is protocol and f.helper is not Helper.NONE]
+        if share and peers:  # take another farm's helper: share its object
+            fields = fields | {"helper": peers[0]}
         log: tuple[str, ...] = fields["log"]  # type: ignore[assignment]
         if any("forward" in f.log for f in others):
             fields = fields | {"log": tuple(h for h in log if h != "forward")}
         return fields
+
+    def stops(self, farm: Farm, fields: tuple[str, ...] | None) -> bool:
+        """Whether the plan would turn `farm` off first: another farm shares its ct helper
+        object and the operation (`fields` changed, or None: a delete) stops it."""
+        shared = farm.helper is not Helper.NONE and any(
+            (f.family, f.protocol, f.helper) == (farm.family, farm.protocol, farm.helper)
+            for f in self.wanted.values()
+            if f.name != farm.name
+        )
+        return shared and (fields is None or not RESTART_FIELDS.isdisjoint(fields))
 
     def frontend(
         self, data: st.DataObject, name: str, family: Family, protocol: Protocol
@@ -199,6 +220,20 @@ class Differential(RuleBasedStateMachine):
     @rule(data=st.data(), service=SERVICES, family=st.sampled_from(Family))
     def create_farm(self, data: st.DataObject, service: str, family: Family) -> None:
         protocol = data.draw(st.sampled_from(Protocol))
+        share = data.draw(st.booleans(), label="may share a ct helper")
+        self.create(data, service, family, protocol, share)
+
+    @precondition(lambda self: any(f.helper is not Helper.NONE for f in self.wanted.values()))
+    @rule(data=st.data(), service=SERVICES)
+    def create_farm_sharing_a_helper(self, data: st.DataObject, service: str) -> None:
+        peer = data.draw(
+            st.sampled_from([f for f in self.wanted.values() if f.helper.value != "none"])
+        )
+        self.create(data, service, peer.family, peer.protocol, True)
+
+    def create(
+        self, data: st.DataObject, service: str, family: Family, protocol: Protocol, share: bool
+    ) -> None:
         name = farm_name(FarmKey("diff", service, "p", protocol, family))
         if name in self.wanted:
             return
@@ -206,7 +241,8 @@ class Differential(RuleBasedStateMachine):
         if address is None:
             return
         count = data.draw(st.integers(0, 3))
-        fields = self.unshared(name, data.draw(farm_fields(family, protocol)), family, protocol)
+        fields = data.draw(farm_fields(family, protocol))
+        fields = self.unshared(name, fields, family, protocol, share)
         farm = Farm(
             name,
             family,
@@ -224,9 +260,24 @@ class Differential(RuleBasedStateMachine):
     @precondition(lambda self: self.wanted)
     @rule(data=st.data())
     def update_fields(self, data: st.DataObject) -> None:
-        farm = self.pick(data)
+        self.update(data, self.pick(data))
+
+    @precondition(lambda self: self.sharing())
+    @rule(data=st.data(), delete=st.booleans())
+    def change_a_farm_sharing_a_helper(self, data: st.DataObject, delete: bool) -> None:
+        farm = data.draw(st.sampled_from(self.sharing()))
+        if delete:
+            self.apply(Operation(OpKind.DELETE_FARM, farm.name, stop_first=True), None)
+        else:
+            self.update(data, farm)
+
+    def sharing(self) -> list[Farm]:
+        return [f for f in self.wanted.values() if self.stops(f, None)]
+
+    def update(self, data: st.DataObject, farm: Farm) -> None:
         fields = data.draw(farm_fields(farm.family, farm.protocol))
-        fields = self.unshared(farm.name, fields, farm.family, farm.protocol)
+        share = data.draw(st.booleans(), label="may share a ct helper")
+        fields = self.unshared(farm.name, fields, farm.family, farm.protocol, share)
         wanted = evolve(farm, **fields)  # type: ignore[arg-type]
         changed = tuple(f for f in FARM_FIELDS if getattr(farm, f) != getattr(wanted, f))
         if data.draw(st.booleans(), label="move the frontend"):
@@ -235,7 +286,9 @@ class Differential(RuleBasedStateMachine):
                 wanted = evolve(wanted, addresses=(address,))
                 changed += ("addresses",)
         assert validate_farm(wanted) == [], validate_farm(wanted)
-        self.apply(Operation(OpKind.UPDATE_FARM, farm.name, farm=wanted, fields=changed), wanted)
+        stop = self.stops(farm, changed)
+        op = Operation(OpKind.UPDATE_FARM, farm.name, farm=wanted, fields=changed, stop_first=stop)
+        self.apply(op, wanted)
 
     @precondition(lambda self: self.wanted)
     @rule(data=st.data())
@@ -268,7 +321,8 @@ class Differential(RuleBasedStateMachine):
     @rule(data=st.data())
     def delete_farm(self, data: st.DataObject) -> None:
         farm = self.pick(data)
-        self.apply(Operation(OpKind.DELETE_FARM, farm.name), None)
+        stop = self.stops(farm, None)
+        self.apply(Operation(OpKind.DELETE_FARM, farm.name, stop_first=stop), None)
 
     @invariant()
     def model_and_daemon_agree(self) -> None:

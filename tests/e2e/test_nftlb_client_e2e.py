@@ -645,9 +645,22 @@ def test_farms_with_several_addresses_break_on_farm_level_changes(
     clean_daemon.assert_kernel([sticky])
 
 
+def _helper_change(first: Farm, change: str) -> Farm | None:
+    if change == "helper":
+        return evolve(first, helper=Helper.NONE)
+    if change == "mode":
+        return evolve(first, mode=Mode.DNAT)
+    if change == "virtual-ports":
+        return evolve(first, addresses=(evolve(first.addresses[0], port=2121),))
+    if change == "scheduler":
+        return evolve(first, scheduler=Scheduler.WEIGHT)
+    return None  # delete
+
+
+@pytest.mark.parametrize("family", [V4, V6])
 @pytest.mark.parametrize("change", ["helper", "mode", "virtual-ports", "scheduler", "delete"])
-def test_farms_sharing_a_ct_helper_cannot_be_stopped(
-    clean_daemon: NftlbDaemon, client: NftlbClient, change: str
+def test_farms_sharing_a_ct_helper_cannot_be_stopped_but_can_be_turned_off(
+    clean_daemon: NftlbDaemon, client: NftlbClient, change: str, family: Family
 ) -> None:
     """Characterises nftlb 1.0.7: ct helper objects live per table and are named
     ``<helper>-<protocol>`` (nft.c, ``run_farm_helper``), so all farms of one family with the
@@ -656,53 +669,95 @@ def test_farms_sharing_a_ct_helper_cannot_be_stopped(
 
     * a farm-level change (helper, mode, persistence, persist-ttl, log, intra-connect, the
       frontend) answers 404 and is not applied, again on every retry;
-    * a delete answers 200 but leaves all the farm's rules in the kernel;
-    * scheduler and est-connlimit changes reload in place and work.
+    * a delete answers 200 but leaves all the farm's rules in the kernel (and deleting and
+      creating it again leaves stale rules in its chains);
+    * scheduler and est-connlimit changes reload in place and work;
+    * but ``"state": "off"`` takes its rules out cleanly, fields then change without a stop,
+      and ``"state": "up"`` puts them back: the plan does that (`Operation.stop_first`), and
+      the IPv6 repair of `apply` mends what the off did to the other IPv6 farms.
 
     The model answers alike (`NftlbModel._shares_helper`). Different helpers or protocols,
     or another family, do not share (see the control test below). If this test fails, nftlb
     has changed."""
-    first = make_farm("ftp1", V4, TCP, ("10.96.7.1", 21), [("10.1.7.1", 21)], helper=Helper.FTP)
-    second = make_farm("ftp2", V4, TCP, ("10.96.7.2", 21), [("10.1.7.2", 21)], helper=Helper.FTP)
+    vips = (
+        ("10.96.7.1", "10.96.7.2", "10.96.7.3")
+        if family is V4
+        else ("fd00::7:1", "fd00::7:2", "fd00::7:3")
+    )
+    ends = (
+        ("10.1.7.1", "10.1.7.2", "10.1.7.3")
+        if family is V4
+        else ("fd01::7:1", "fd01::7:2", "fd01::7:3")
+    )
+    first = make_farm("ftp1", family, TCP, (vips[0], 21), [(ends[0], 21)], helper=Helper.FTP)
+    second = make_farm("ftp2", family, TCP, (vips[1], 21), [(ends[1], 21)], helper=Helper.FTP)
+    plain = make_farm("plain", family, TCP, (vips[2], 80), [(ends[2], 80)])
     model = NftlbModel(clean_daemon.key)
     with NftlbClient(
         "http://nftlb", clean_daemon.key, transport=httpx.MockTransport(model.as_handler())
     ) as fake:
         for c in (client, fake):
-            assert c.apply(creates([first, second])).ok
-        clean_daemon.assert_kernel([first, second])
-        if change == "delete":
-            for c in (client, fake):
-                c.delete_farm(first.name)
-            assert client.get_farms_document() == fake.get_farms_document()
-            assert client.get_farms().owned == (second,)
-            assert clean_daemon.service_elements() == clean_daemon.expected_service_elements(
-                [first, second]
-            )
-            assert clean_daemon.leftovers([first.name])
-            assert model.recoveries == 1
-            return
-        if change == "helper":
-            wanted = evolve(first, helper=Helper.NONE)
-        elif change == "mode":
-            wanted = evolve(first, mode=Mode.DNAT)
-        elif change == "virtual-ports":
-            wanted = evolve(first, addresses=(evolve(first.addresses[0], port=2121),))
-        else:
-            wanted = evolve(first, scheduler=Scheduler.WEIGHT)
-        plan = diff([wanted, second], client.get_farms().owned)
+            assert c.apply(creates([first, second, plain])).ok
+        clean_daemon.assert_kernel([first, second, plain])
+        wanted = _helper_change(first, change)
+        if wanted is not None and change != "scheduler":
+            # as sent before the plan knew better: a plain farm-level change
+            fields = ("addresses",) if change == "virtual-ports" else (change,)
+            raw = Plan((Operation(OpKind.UPDATE_FARM, first.name, farm=wanted, fields=fields),))
+            real, emulated = client.apply(raw), fake.apply(raw)
+            assert real == emulated
+            assert [(f.status, f.message, f.actual) for f in real.failures] == [
+                (404, "the object to modify is unknown", first)
+            ]
+            assert client.apply(raw).failures == real.failures  # and again on a retry
+            fake.apply(raw)
+            assert client.get_farms().owned == by_name([first, second, plain])
+            clean_daemon.assert_kernel([first, second, plain])
+        after = [f for f in (wanted, second, plain) if f is not None]
+        plan = diff(after, client.get_farms().owned)
+        assert {op.farm_name for op in plan if op.stop_first} == (
+            set() if change == "scheduler" else {first.name}
+        )
         real, emulated = client.apply(plan), fake.apply(plan)
         assert real == emulated
+        assert real.ok, real.failures
         assert client.get_farms_document() == fake.get_farms_document()
-        if change == "scheduler":
-            assert real.ok
-            clean_daemon.assert_kernel([wanted, second])
-            return
-        assert [(f.status, f.message, f.actual) for f in real.failures] == [
-            (404, "the object to modify is unknown", first)
-        ]
-        assert client.apply(plan).failures == real.failures  # and again on a retry
-        assert client.get_farms().owned == by_name([first, second])
+        assert client.get_farms().owned == by_name(after)
+        clean_daemon.assert_kernel(after)
+        if wanted is None:
+            assert clean_daemon.leftovers([first.name]) == []
+        assert not diff(after, client.get_farms().owned)
+
+
+def test_a_helper_moving_between_farms_in_one_plan(
+    clean_daemon: NftlbDaemon, client: NftlbClient
+) -> None:
+    """`a` takes the ftp helper `b` gives up (as a HelperShared Service does when the older
+    one drops its annotation): `a`'s update goes first, so `b` shares the object when its own
+    comes, and the plan turns `b` off for it. Real and model alike, the kernel exact."""
+    a = make_farm("a", V4, TCP, ("10.96.9.1", 21), [("10.1.9.1", 21)])
+    b = make_farm("b", V4, TCP, ("10.96.9.2", 21), [("10.1.9.2", 21)], helper=Helper.FTP)
+    model = NftlbModel(clean_daemon.key)
+    with NftlbClient(
+        "http://nftlb", clean_daemon.key, transport=httpx.MockTransport(model.as_handler())
+    ) as fake:
+        for c in (client, fake):
+            assert c.apply(creates([a, b])).ok
+        want = [evolve(a, helper=Helper.FTP), evolve(b, helper=Helper.NONE)]
+        plan = diff(want, client.get_farms().owned)
+        assert [(op.farm_name, op.stop_first) for op in plan] == [(a.name, False), (b.name, True)]
+        # without: b's update is refused, after a's took the helper
+        raw = Plan(tuple(evolve(op, stop_first=False) for op in plan))
+        real, emulated = client.apply(raw), fake.apply(raw)
+        assert real == emulated
+        assert [(f.farm, f.status) for f in real.failures] == [(b.name, 404)]
+        plan = diff(want, client.get_farms().owned)  # b shares it now: turned off first
+        assert [(op.farm_name, op.stop_first) for op in plan] == [(b.name, True)]
+        real, emulated = client.apply(plan), fake.apply(plan)
+        assert real == emulated and real.ok, real.failures
+        assert client.get_farms_document() == fake.get_farms_document()
+        assert client.get_farms().owned == by_name(want)
+        clean_daemon.assert_kernel(want)
 
 
 def test_farms_with_other_helpers_protocols_or_families_do_not_share(

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from attrs import evolve
 
 from reconciler.core.diff import diff
@@ -9,12 +11,15 @@ from reconciler.core.farms import (
     Backend,
     Family,
     Farm,
+    Helper,
+    Mode,
     Protocol,
     Scheduler,
     assign_marks,
 )
 from reconciler.core.names import FarmKey, farm_name
-from reconciler.core.plan import OpKind, render_text
+from reconciler.core.plan import OpKind, Plan, render_text
+from reconciler.core.wire import OWNER_LOG_PREFIX, requests_for
 
 
 def farm(name: str = "k8s.default.web.http.tcp.v4", ip: str = "10.96.0.1", n: int = 2) -> Farm:
@@ -196,3 +201,68 @@ def test_kube_system_farms_go_first_within_each_kind() -> None:
     assert short != key.full_name
     ops = diff([farm(short, "10.96.0.9"), *wanted[::2]], [])
     assert ops.operations[0].farm_name == short
+
+
+# -- farms sharing a ct helper object (nftlb 1.0.7 cannot stop them; turned off first) -----------
+
+A, B = "k8s.default.a.ftp.tcp.v4", "k8s.default.b.ftp.tcp.v4"
+
+
+def ftp(name: str, ip: str, helper: Helper = Helper.FTP, **fields: Any) -> Farm:
+    return evolve(farm(name, ip), helper=helper, **fields)
+
+
+def stopped(plan: Plan) -> list[tuple[OpKind, str]]:
+    return [(op.kind, op.farm_name) for op in plan if op.stop_first]
+
+
+def test_a_farm_sharing_its_helper_is_turned_off_to_change_and_on_again() -> None:
+    a, b = ftp(A, "10.96.0.1"), ftp(B, "10.96.0.2")
+    plan = diff([evolve(a, mode=Mode.DNAT), b], [applied(a), applied(b)])
+    assert stopped(plan) == [(OpKind.UPDATE_FARM, A)]
+    (off, change) = requests_for(plan.operations[0])
+    assert off.body == {"farms": [{"name": A, "log-prefix": OWNER_LOG_PREFIX, "state": "off"}]}
+    assert change.body is not None
+    assert list(change.body["farms"][0].items())[-1] == ("state", "up")
+    assert change.body["farms"][0]["mode"] == "dnat"
+
+
+def test_a_farm_sharing_its_helper_drops_it_while_off_before_it_is_deleted() -> None:
+    a, b = ftp(A, "10.96.0.1"), ftp(B, "10.96.0.2")
+    plan = diff([b], [applied(a), applied(b)])
+    assert stopped(plan) == [(OpKind.DELETE_FARM, A)]
+    assert [(r.method, r.body) for r in requests_for(plan.operations[0])] == [
+        ("POST", {"farms": [{"name": A, "log-prefix": OWNER_LOG_PREFIX, "state": "off"}]}),
+        (
+            "POST",
+            {
+                "farms": [
+                    {"name": A, "log-prefix": OWNER_LOG_PREFIX, "helper": "none", "state": "up"}
+                ]
+            },
+        ),
+        ("DELETE", None),
+    ]
+
+
+def test_changes_that_reload_in_place_or_unshared_helpers_are_not_turned_off() -> None:
+    a, b = ftp(A, "10.96.0.1"), ftp(B, "10.96.0.2")
+    # scheduler, est-connlimit and backends reload in place, shared or not
+    plan = diff(
+        [evolve(a, scheduler=Scheduler.WEIGHT, est_connlimit=5), b], [applied(a), applied(b)]
+    )
+    assert plan and not stopped(plan)
+    # another helper, protocol or family is another object
+    for other in (ftp(B, "10.96.0.2", Helper.PPTP), evolve(b, family=Family.IPV6)):
+        assert not stopped(diff([evolve(a, mode=Mode.DNAT), other], [applied(a), applied(other)]))
+    assert not stopped(diff([evolve(a, mode=Mode.DNAT)], [applied(a)]))
+
+
+def test_a_helper_moving_from_one_farm_to_another_is_never_shared_mid_plan() -> None:
+    """A takes the helper B gives up; A's update goes first, so B shares it when its own
+    update comes: B is turned off first."""
+    a, b = ftp(A, "10.96.0.1", Helper.NONE), ftp(B, "10.96.0.2")
+    want = [evolve(a, helper=Helper.FTP), evolve(b, helper=Helper.NONE)]
+    plan = diff(want, [applied(a), applied(b)])
+    assert [op.farm_name for op in plan] == [A, B]
+    assert stopped(plan) == [(OpKind.UPDATE_FARM, B)]

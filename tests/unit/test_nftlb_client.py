@@ -620,6 +620,21 @@ class TestIpv6Repair:
         assert (result.ok, result.repairs) == (True, 0)
         assert [m for m, _, _ in recorder.seen] == ["DELETE", "GET"]
 
+    def test_an_ipv6_farm_left_off_is_never_the_target(
+        self, recorded: NftlbClient, recorder: Recorder
+    ) -> None:
+        """A farm turned off (`Operation.stop_first`) whose update then failed has no rules
+        to rebuild; an est-connlimit change would start it behind GET's back."""
+        a, b = v6_farm(1), v6_farm(2)
+        recorded.post_farms([a, b])
+        recorded.send(
+            Request("POST", "/farms", {"farms": [{**marked_body(b.name), "state": "off"}]})
+        )
+        recorder.seen.clear()
+        result = recorded.apply(Plan((Operation(OpKind.DELETE_FARM, a.name),)))
+        assert (result.ok, result.repairs) == (True, 0)
+        assert [m for m, _, _ in recorder.seen] == ["DELETE", "GET"]
+
     def test_a_delete_of_unknown_family_is_checked_with_get(
         self, recorded: NftlbClient, recorder: Recorder, model: NftlbModel
     ) -> None:

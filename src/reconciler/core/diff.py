@@ -18,9 +18,18 @@ from typing import Any
 
 from attrs import asdict, evolve
 
-from reconciler.core.farms import FARM_FIELDS, Backend, Farm, assign_marks, released_marks
+from reconciler.core.farms import (
+    FARM_FIELDS,
+    Backend,
+    Family,
+    Farm,
+    Helper,
+    Protocol,
+    assign_marks,
+    released_marks,
+)
 from reconciler.core.names import is_owned
-from reconciler.core.plan import Change, Operation, OpKind, Plan, ordered
+from reconciler.core.plan import RESTART_FIELDS, Change, Operation, OpKind, Plan, ordered
 
 
 def _jsonable(value: Any) -> Any:
@@ -175,7 +184,40 @@ def diff_marked(
                 evolve(op, step=step) if op.kind is OpKind.UPDATE_FARM else op
                 for op in diff_farm(farm, current)
             )
-    return ordered(ops)
+    shared = _shared_helpers(want, have)
+    return ordered([evolve(op, stop_first=True) if _stops(op, shared) else op for op in ops])
+
+
+def _helper_object(farm: Farm) -> tuple[Family, Protocol, Helper] | None:
+    """nftlb 1.0.7 keeps one ct helper object per table, named ``<helper>-<protocol>``."""
+    return None if farm.helper is Helper.NONE else (farm.family, farm.protocol, farm.helper)
+
+
+def _shared_helpers(want: Mapping[str, Farm], have: Mapping[str, Farm]) -> set[str]:
+    """Farms nftlb holds whose ct helper object another farm uses before the plan, or takes
+    during it (an update that goes first may give a farm the helper another farm's later
+    update drops); deletes come before and creates after every update, so a farm they make
+    or remove never shares with an update."""
+    users: dict[tuple[Family, Protocol, Helper], set[str]] = {}
+    for name, farm in [*have.items(), *((n, f) for n, f in want.items() if n in have)]:
+        key = _helper_object(farm)
+        if key is not None:
+            users.setdefault(key, set()).add(name)
+    out = set()
+    for name, farm in have.items():
+        key = _helper_object(farm)
+        if key is not None and users[key] - {name}:
+            out.add(name)
+    return out
+
+
+def _stops(op: Operation, shared: set[str]) -> bool:
+    """Whether `op` stops a farm of `shared` (`Operation.stop_first`)."""
+    if op.farm_name not in shared:
+        return False
+    if op.kind is OpKind.DELETE_FARM:
+        return True
+    return op.kind is OpKind.UPDATE_FARM and not RESTART_FIELDS.isdisjoint(op.fields)
 
 
 def _frontend_moves(

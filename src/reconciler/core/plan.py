@@ -39,6 +39,14 @@ ORDER = {kind: i for i, kind in enumerate(OpKind)}
 #: take every farm back, and DNS is then in its first POST. Shortened names keep this prefix.
 FIRST = "k8s.kube-system."
 
+#: Farm fields whose change makes nftlb 1.0.7 stop the farm's rules and start them again (its
+#: ``farm_changed`` keys); scheduler, sched-param and est-connlimit reload in place. Stopping
+#: drops the other IPv6 farms' rules (`NftlbClient.apply` repairs them) and fails while another
+#: farm shares the farm's ct helper object (`Operation.stop_first`).
+RESTART_FIELDS: frozenset[str] = frozenset(
+    {"mode", "persistence", "persist_ttl", "helper", "log", "intra_connect", "addresses"}
+)
+
 #: A JSON-able value (str, int, bool, a list of them, or a dict for whole objects).
 Value = Any
 
@@ -64,7 +72,10 @@ class Operation:
     and port), `backends` the backends to send, and `target` the backend name for deletes.
     `step` orders updates of one kind among themselves (a frontend move waits for the farm
     that leaves that frontend); `early` puts a backend delete before the farm's upserts (its
-    mark is reused, `farms.released_marks`).
+    mark is reused, `farms.released_marks`). `stop_first` turns the farm off before an update
+    of `RESTART_FIELDS` or a delete, and an update on again: nftlb 1.0.7 cannot stop a farm
+    whose ct helper object another farm uses (404, not applied; a delete leaves its rules in
+    the kernel), but turns one off cleanly, and changes an off farm without stopping it.
     """
 
     kind: OpKind
@@ -76,6 +87,7 @@ class Operation:
     target: str = ""
     step: int = 0
     early: bool = False
+    stop_first: bool = False
 
     @property
     def sort_key(self) -> tuple[int, int, bool, str, str]:
@@ -88,6 +100,8 @@ class Operation:
         out: dict[str, Value] = {"op": self.kind.value, "farm": self.farm_name}
         if self.target:
             out["target"] = self.target
+        if self.stop_first:
+            out["stop_first"] = True
         out["changes"] = [c.to_json() for c in self.changes]
         return out
 

@@ -251,11 +251,21 @@ def post_farms_request(bodies: Sequence[JSONObject]) -> Request:
     return Request("POST", FARMS_PATH, {"farms": list(bodies)})
 
 
+_UNSHARED = {"helper": "none", "state": "up"}
+
+
+def _state_request(name: str, state: str) -> Request:
+    return post_farms_request([{**marked_body(name), "state": state}])
+
+
 def requests_for(op: Operation) -> list[Request]:
     """The requests that carry out one plan operation (a whole CREATE_FARM is one POST)."""
     kind = op.kind
+    stop = [_state_request(op.farm_name, "off")] if op.stop_first else []
     if kind is OpKind.DELETE_FARM:
-        return [Request("DELETE", farm_path(op.farm_name))]
+        if stop:  # drop the helper while off and start it again, then delete it unshared
+            stop.append(post_farms_request([{**marked_body(op.farm_name), **_UNSHARED}]))
+        return [*stop, Request("DELETE", farm_path(op.farm_name))]
     if kind is OpKind.DELETE_BACKEND:
         return [Request("DELETE", farm_path(op.farm_name, "backends", op.target))]
     if kind is OpKind.CREATE_FARM:
@@ -267,7 +277,10 @@ def requests_for(op: Operation) -> list[Request]:
             raise ValueError(f"{kind} {op.farm_name} carries no farm")
         if not op.fields:
             return []
-        return [post_farms_request([update_body(op.farm, op.fields)])]
+        body = update_body(op.farm, op.fields)
+        if op.stop_first:
+            body["state"] = "up"  # on again, after the fields
+        return [*stop, post_farms_request([body])]
     if kind is OpKind.UPSERT_BACKENDS:
         if not op.backends:
             return []

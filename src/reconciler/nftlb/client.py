@@ -93,7 +93,7 @@ from attrs import evolve, frozen
 from reconciler.core.farms import NAME_RE, Family, Farm
 from reconciler.core.farms_stream import FarmsStream
 from reconciler.core.names import is_owned, parse_farm_name
-from reconciler.core.plan import Operation, OpKind, Plan
+from reconciler.core.plan import RESTART_FIELDS, Operation, OpKind, Plan
 from reconciler.core.wire import (
     FARMS_PATH,
     JSONObject,
@@ -118,9 +118,7 @@ UNAUTHORIZED_MESSAGE = "nftlb refused the key (401): check --nftlb-key-file"
 #: Farm fields whose change makes nftlb stop and restart an IPv6 farm's rules, which drops the
 #: other IPv6 farms' rules (see the module docstring). Scheduler, sched-param and est-connlimit
 #: are reloaded in place and do not.
-IPV6_WIPING_FIELDS: frozenset[str] = frozenset(
-    {"mode", "persistence", "persist_ttl", "helper", "log", "intra_connect", "addresses"}
-)
+IPV6_WIPING_FIELDS: frozenset[str] = RESTART_FIELDS
 
 #: Errors after which the request was not applied (or re-sending it is harmless).
 _RETRYABLE = (
@@ -252,6 +250,7 @@ def _ipv6_targets(doc: Any, skip: set[str]) -> dict[str, int]:
             and is_owned(name)
             and name not in skip
             and entry.get("family") == "ipv6"
+            and entry.get("state", "up") == "up"  # an off farm has no rules to rebuild
             and isinstance(limit, str)
             and limit.isdigit()
         ):

@@ -27,8 +27,10 @@ observed, and it is held to the real daemon by ``tests/e2e/test_differential.py`
   (deleting it, a backend, an est-connlimit or scheduler change), while re-posting unchanged
   values does nothing (see `_stop`, `_did_change`; `recoveries` counts the rebuilds); a
   farm-level change of a farm sharing its ct helper object with another farm (same family,
-  helper and protocol) fails with 404, and deleting one makes nftlb rebuild everything (its
-  rules stay in the kernel: not modelled).
+  helper and protocol) that is up fails with 404, and deleting one makes nftlb rebuild
+  everything (its rules stay in the kernel: not modelled); a farm is stopped once per request,
+  at its first farm-level key, and not at all while ``off`` (whose helper object is then no
+  longer in use); turning an IPv6 farm off wipes the other IPv6 farms' rules.
 
 * which farms have no rules in the kernel, and why (`NftlbModel.dark_farms`): nft refuses a
   farm's batch when two of its up backends share a mark (`nftlb-api.md` item 23) or another
@@ -40,11 +42,13 @@ observed, and it is held to the real daemon by ``tests/e2e/test_differential.py`
   re-tested on 1.0.7 and held to the daemon by tests/e2e/test_differential.py.
 
 Not modelled: the kernel itself beyond which farms have rules (stale rules left behind; tests
-check the kernel separately), the forward-log bugs (a backend-less farm's forward chain after
-another farm stopped logging there; backend marks shared by forward-logging farms: see
-tests/e2e/test_nftlb_client_e2e.py), the farms an address detach wedges beyond the cases
-above, sessions, policies, dsr/stlsdnat network lookups, the "config_error flips to up on an
-unrelated change" side effect, crashes, and memory-safety bugs.
+check the kernel separately; turning a farm ``off`` can take its family's whole table away
+until a farm is started again, which the plan always does next, `Operation.stop_first`), the
+forward-log bugs (a backend-less farm's forward chain after another farm stopped logging
+there; backend marks shared by forward-logging farms: see tests/e2e/test_nftlb_client_e2e.py),
+the farms an address detach wedges beyond the cases above, sessions, policies, dsr/stlsdnat
+network lookups, the "config_error flips to up on an unrelated change" side effect, crashes,
+and memory-safety bugs.
 """
 
 from __future__ import annotations
@@ -228,6 +232,7 @@ class NftlbModel:
         self._touched: list[_Farm] = []
         self._changed: set[int] = set()  # ids of farms a POST sent keys to
         self._before: dict[int, str] = {}  # their GET echo before the POST
+        self._stopped: set[int] = set()  # ids of farms a POST stopped (they start at its end)
         #: How many times the real daemon would have rebuilt all its rules after an nft failure.
         self.recoveries = 0
         #: Families whose table lost its base chains in the last recovery (see `_recovery`).
@@ -419,7 +424,7 @@ class NftlbModel:
                 family = self._family(doomed)
                 if doomed.live and self._shares_helper(doomed):
                     self._recovery()  # its rules stay in the kernel (not modelled)
-                elif self._ipv6(doomed) and doomed.live:
+                elif self._ipv6(doomed) and doomed.live and doomed.state == "up":
                     if doomed.rules and not doomed.wedged:
                         self._wipe_ipv6(doomed)
                     else:
@@ -496,8 +501,8 @@ class NftlbModel:
         """The ct helper objects a farm's rules use: one per table, named
         ``<helper>-<protocol>``, so farms of one family with the same helper and protocol
         share it."""
-        if f.helper == "none":
-            return set()
+        if f.helper == "none" or f.state != "up":
+            return set()  # an off farm's rules, helper rule included, are gone
         out = set()
         for name in f.addresses:
             a = self.addresses[name]
@@ -617,6 +622,7 @@ class NftlbModel:
         self._touched = []
         self._changed = set()
         self._before = {}
+        self._stopped = set()
         try:
             self._top(doc)
         except _Fail as fail:
@@ -750,7 +756,13 @@ class NftlbModel:
             return
         f = self._current_farm()
         self._changed.add(id(f))
-        if key in _STOP_KEYS and f.live and self._changes(f, key, value):
+        if (
+            key in _STOP_KEYS
+            and f.live
+            and f.state == "up"  # an off farm has no rules to stop: its fields change quietly
+            and id(f) not in self._stopped
+            and self._changes(f, key, value)
+        ):
             self._stop(f)
         if key == "newname":
             if not value:
@@ -820,6 +832,8 @@ class NftlbModel:
         elif key == "state":
             state = self._enum(key, value, _STATES)
             if state != "config_error":
+                if f.live and f.state == "up" and state != "up" and f.rules and self._ipv6(f):
+                    self._wipe_ipv6(f)  # its rules stopped, as any stop of an IPv6 farm
                 f.state = state
         elif key == "source-addr":
             f.source_addr = value
@@ -883,6 +897,7 @@ class NftlbModel:
         applied, and nftlb answers 404. The same happens when the farm shares its ct helper
         object with another farm (`_shares_helper`). A successful change of one IPv6 farm
         wipes the others' rules."""
+        self._stopped.add(id(f))  # farm_set_action: stopped once, started at the request's end
         ipv6 = self._ipv6(f)
         several = len(f.addresses) > 1
         fails_first = f.wedged or (ipv6 and (several or not f.rules))
