@@ -50,8 +50,11 @@ class Agent:
         key_file: Path | None = None,
         extra_args: tuple[str, ...] = ("--cluster-cidr", "10.244.0.0/16"),
         resync_period: str = "2s",
+        nftlb_url: str | None = None,
     ) -> None:
         self.workdir, self.fake, self.daemon = workdir, fake, daemon
+        #: Where `run` sends its nftlb requests: the daemon, or a proxy in front of it.
+        self.nftlb_url = nftlb_url or daemon.url
         self.extra_args, self.resync_period = extra_args, resync_period
         self.kubeconfig = fake.write_kubeconfig(workdir / "kubeconfig")
         self.key_file = key_file or daemon.key_file
@@ -65,7 +68,7 @@ class Agent:
         log = self.workdir / f"run-{len(self.logs)}.log"
         self.logs.append(log)
         command = [sys.executable, "-m", "reconciler", "run", "--kubeconfig", self.kubeconfig]
-        command += ["--nftlb-url", self.daemon.url, "--nftlb-key-file", str(self.key_file)]
+        command += ["--nftlb-url", self.nftlb_url, "--nftlb-key-file", str(self.key_file)]
         command += ["--node-name", "node-1", "--resync-period", self.resync_period]
         command += ["--min-sync-interval", "20ms", *self.extra_args]
         command += ["--watch-timeout", "5s", "--watch-stall-timeout", "3s"]
