@@ -59,38 +59,41 @@ def e2e(session: nox.Session) -> None:
     )
 
 
+#: The issue 11 benchmarks: the outage window after an nftlb restart, the churn soak, and failed
+#: connections during a rolling update of 100 endpoints.
+NODE_SAFE_BENCHMARKS = ("benchmarks.node_safe", "benchmarks.soak", "benchmarks.rolling")
+
+
+def _bench(session: nox.Session, modules: tuple[str, ...]) -> None:
+    if os.geteuid() != 0:
+        session.error("the benchmarks need root (they run nftlb in a private network namespace)")
+    for module in modules:
+        session.run(
+            "unshare",
+            "-n",
+            "env",
+            "KUBE_NFTLB_BENCH_NETNS=1",
+            sys.executable,  # the venv's python, which runs nox
+            "-m",
+            module,
+            *session.posargs,
+            external=True,
+        )
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks (root): the real nftlb in a private network namespace, the fake API server and
     the real `kube-nftlb run` process. Timings are reported, never asserted. `-- --quick` for a
     short run; see docs/benchmarks.md."""
-    import sys
+    _bench(session, ("benchmarks.run", *NODE_SAFE_BENCHMARKS))
 
-    if os.geteuid() != 0:
-        session.error("the benchmarks need root (they run nftlb in a private network namespace)")
-    session.run(
-        "unshare",
-        "-n",
-        "env",
-        "KUBE_NFTLB_BENCH_NETNS=1",
-        sys.executable,  # the venv's python, which runs nox
-        "-m",
-        "benchmarks.run",
-        *session.posargs,
-        external=True,
-    )
-    # The outage window after an nftlb restart, against the bulk-POST floor (issue 11).
-    session.run(
-        "unshare",
-        "-n",
-        "env",
-        "KUBE_NFTLB_BENCH_NETNS=1",
-        sys.executable,
-        "-m",
-        "benchmarks.node_safe",
-        *session.posargs,
-        external=True,
-    )
+
+@nox.session(name="bench_node_safe")
+def bench_node_safe(session: nox.Session) -> None:
+    """Only the issue 11 benchmarks (root): outage window, churn soak, rolling update.
+    `-- --quick` for a short run; see docs/benchmarks.md."""
+    _bench(session, NODE_SAFE_BENCHMARKS)
 
 
 @nox.session(name="bench_table")

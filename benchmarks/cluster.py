@@ -8,7 +8,7 @@ the bodies the reconciler sends.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
 from reconciler.core.desired import desired_farms
@@ -53,6 +53,13 @@ def endpoint_ip(service_index: int, endpoint: int, probe: bool = False) -> str:
     return _ip(200 if probe else 128, service_index * 128 + endpoint)
 
 
+def replacement_ip(slot: int, step: int) -> str:
+    """The `step`-th new endpoint of the `slot`-th churned Service (`benchmarks.soak`): from
+    10.160.0.0 up, never one of `bench_objects`' (10.128-10.137 up to 5,000 Services); unique
+    for 4,000 steps of each of up to 60 Services."""
+    return _ip(160, slot * 4000 + step % 4000)
+
+
 def service(namespace: str, name: str, ip: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -73,7 +80,9 @@ def service(namespace: str, name: str, ip: str) -> dict[str, Any]:
     }
 
 
-def endpoint_slice(namespace: str, service_name: str, ips: Iterable[str]) -> dict[str, Any]:
+def endpoint_slice(namespace: str, service_name: str, ips: Iterable[str], terminating: Collection[str] = ()) -> dict[str, Any]:
+    """One slice of endpoints on this node: ready, or (those in `terminating`) serving while
+    terminating, as a pod in its grace period is."""
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -87,7 +96,7 @@ def endpoint_slice(namespace: str, service_name: str, ips: Iterable[str]) -> dic
         "endpoints": [
             {
                 "addresses": [ip],
-                "conditions": {"ready": True, "serving": True, "terminating": False},
+                "conditions": {"ready": ip not in terminating, "serving": True, "terminating": ip in terminating},
                 "nodeName": NODE_NAME,
             }
             for ip in ips

@@ -11,10 +11,8 @@ matched by nftlb's rules, as a Kubernetes cluster IP is.
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -25,6 +23,7 @@ from reconciler.core.diff import diff
 from reconciler.core.farms import Address, Backend, Family, Farm, Mode, Protocol, validate_farms
 from reconciler.core.names import FarmKey, address_name, backend_name, farm_name
 from reconciler.core.plan import Operation, OpKind, Plan
+from reconciler.testing.netns import Namespace, veth
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import NftlbDaemon
@@ -67,41 +66,15 @@ def run(*command: str) -> None:
     subprocess.run(command, check=True, capture_output=True, text=True)
 
 
-class Namespace:
-    """A child network namespace, held open by ``unshare -n sleep``; entered with nsenter."""
-
-    def __init__(self) -> None:
-        self.holder = subprocess.Popen(["unshare", "-n", "sleep", "120"])
-        own = os.readlink("/proc/self/ns/net")
-        deadline = time.monotonic() + 5
-        while os.readlink(f"/proc/{self.holder.pid}/ns/net") == own:
-            if time.monotonic() > deadline:
-                raise RuntimeError("unshare did not enter a new network namespace")
-            time.sleep(0.01)
-        self.pid = self.holder.pid
-
-    def enter(self, *command: str) -> list[str]:
-        return ["nsenter", "-t", str(self.pid), "-n", *command]
-
-    def run(self, *command: str) -> None:
-        run(*self.enter(*command))
-
-    def close(self) -> None:
-        self.holder.kill()
-        self.holder.wait()
-
-
 class Topology:
     def __init__(self) -> None:
         self.processes: list[subprocess.Popen[str]] = []
-        self.client = Namespace()
-        self.server = Namespace()
-        run("ip", "link", "add", "lb-c", "type", "veth", "peer", "name", "c0")
-        run("ip", "link", "set", "c0", "netns", str(self.client.pid))
+        self.client = Namespace("client")
+        self.server = Namespace("server")
+        veth("lb-c", self.client, "c0")
         run("ip", "addr", "add", "10.0.1.1/24", "dev", "lb-c")
         run("ip", "link", "set", "lb-c", "up")
-        run("ip", "link", "add", "lb-s", "type", "veth", "peer", "name", "s0")
-        run("ip", "link", "set", "s0", "netns", str(self.server.pid))
+        veth("lb-s", self.server, "s0")
         run("ip", "addr", "add", "10.1.0.1/24", "dev", "lb-s")
         run("ip", "link", "set", "lb-s", "up")
         run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
@@ -109,7 +82,6 @@ class Topology:
             (self.client, "c0", ["10.0.1.2/24"], "10.0.1.1"),
             (self.server, "s0", [f"{ip}/24" for ip in SERVERS.values()], "10.1.0.1"),
         ):
-            ns.run("ip", "link", "set", "lo", "up")
             for address in addresses:
                 ns.run("ip", "addr", "add", address, "dev", dev)
             ns.run("ip", "link", "set", dev, "up")

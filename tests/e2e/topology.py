@@ -36,14 +36,14 @@ namespace it made, and the ``inet kube-nftlb`` table, when the module ends.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping, Sequence
 
 import pytest
 from attrs import frozen
+
+from reconciler.testing.netns import Namespace, sh, veth
 
 NODE = "node-1"
 NODE_IP = "192.168.50.10"
@@ -124,13 +124,6 @@ except OSError as e:
 """
 
 
-def sh(*command: str) -> str:
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)}: {done.stderr.strip()}")
-    return done.stdout
-
-
 @frozen
 class Answer:
     """What one `Topology.ask` got: outcome ``ok`` with the answering pod and the source address
@@ -143,32 +136,6 @@ class Answer:
     @property
     def ok(self) -> bool:
         return self.outcome == "ok"
-
-
-class Namespace:
-    """A child network namespace held open by ``unshare -n sleep``."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.holder = subprocess.Popen(["unshare", "-n", "sleep", "3600"])
-        own = os.readlink("/proc/self/ns/net")
-        deadline = time.monotonic() + 5
-        while os.readlink(f"/proc/{self.holder.pid}/ns/net") == own:
-            if time.monotonic() > deadline:
-                raise RuntimeError("unshare did not enter a new network namespace")
-            time.sleep(0.01)
-        self.pid = self.holder.pid
-        self.run("ip", "link", "set", "lo", "up")
-
-    def enter(self, *command: str) -> list[str]:
-        return ["nsenter", "-t", str(self.pid), "-n", *command]
-
-    def run(self, *command: str) -> str:
-        return sh(*self.enter(*command))
-
-    def close(self) -> None:
-        self.holder.kill()
-        self.holder.wait()
 
 
 class Topology:
@@ -199,13 +166,10 @@ class Topology:
             ns.run("sysctl", "-q", "-w", f"{key}={value}")
         return ns
 
-    def _veth(self, here: str, there: str, ns: Namespace, inside: str) -> None:
-        """A veth pair: `here` stays in this namespace, `there` moves into `ns` as `inside`."""
-        sh("ip", "link", "add", here, "type", "veth", "peer", "name", there)
+    def _veth(self, here: str, ns: Namespace, inside: str) -> None:
+        """A veth pair: `here` stays in this namespace, its peer moves into `ns` as `inside`."""
+        veth(here, ns, inside)
         self.links.append(here)
-        sh("ip", "link", "set", there, "netns", str(ns.pid))
-        if inside != there:
-            ns.run("ip", "link", "set", there, "name", inside)
 
     def _build(self) -> None:
         sh("ip", "link", "set", "lo", "up")
@@ -290,7 +254,7 @@ class Topology:
         gw6 = ip6.rsplit(":", 1)[0] + ":1"
         dev = f"{POD_INTERFACE_PREFIX}{name.removeprefix('pod-')}"
         if host is None:
-            self._veth(dev, "podtmp0", pod, "eth0")
+            self._veth(dev, pod, "eth0")
 
             def node_side(*command: str) -> str:
                 return sh(*command)

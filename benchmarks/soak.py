@@ -1,0 +1,338 @@
+"""The churn soak (issue 11): many Services, some of them replacing endpoints all the time.
+
+``python -m benchmarks.soak [--quick]`` (root, private netns; also run by ``nox -s bench``).
+
+2,000 Services of 10 endpoints (quick: 200) are programmed by the real `kube-nftlb run` (default
+``--min-sync-interval``, the default 30 s resync) into the real nftlb. Then, for 120 s (quick:
+20 s), every 100 ms each of 50 of them replaces one endpoint with a new IP: one EndpointSlice
+write each, as a rolling update makes. The driver writes to the fake API server in process and
+may fall behind; the rate it reached is reported. During the churn a watcher samples the kernel's
+nat service map every 0.25 s (frontends missing) and the CPU of nftlb and the agent. After it
+stops: how long until ``GET /farms/<farm>`` answers the last written endpoints for every
+churned Service (and how many still differ 1, 5 and 30 s after), then the kernel is read whole
+(every frontend, and the churned farms' DNAT maps). Reported, never asserted; results in
+``benchmarks/results/soak-<mode>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from benchmarks.agent import Agent
+from benchmarks.cluster import BENCH_NS, NODE, bench_name, bench_objects, endpoint_ip, endpoint_slice, farm_name, replacement_ip
+from benchmarks.env import (
+    FloorClient,
+    NftlbDaemon,
+    delete_tables,
+    loadavg,
+    machine,
+    proc_cpu_seconds,
+    ruleset_json,
+    served_farms,
+    why_not_runnable,
+)
+from reconciler.core.nftlb_ruleset import dnat_entries, service_elements
+from reconciler.testing.fakeapi import FakeApiServer
+
+RESULTS = Path(__file__).parent / "results"
+ENDPOINTS = 10
+PERIOD_S = 0.1
+SAMPLE_S = 0.25
+SETTLE_MARKS_S = (1.0, 5.0, 30.0)
+SETTLE_TIMEOUT_S = 120.0
+MODES: dict[str, dict[str, Any]] = {
+    "full": {"services": 2000, "churned": 50, "seconds": 120.0},
+    "quick": {"services": 200, "churned": 50, "seconds": 20.0},
+}
+#: What nftlb 1.0.7 prints when nft refuses its batch, and when it then rebuilds its tables.
+NFTLB_FAILURES = ("nft command error", "recovery in progress")
+
+
+class Churn:
+    """The churned Services' endpoints: each step drops the oldest endpoint and adds a new one."""
+
+    def __init__(self, indexes: list[int]) -> None:
+        self.indexes = indexes
+        self.ips = {i: [endpoint_ip(i, j) for j in range(ENDPOINTS)] for i in indexes}
+        self.steps = dict.fromkeys(indexes, 0)
+
+    def step(self, fake: FakeApiServer, slot: int) -> None:
+        i = self.indexes[slot]
+        n = self.steps[i] = self.steps[i] + 1
+        self.ips[i] = [*self.ips[i][1:], replacement_ip(slot, n)]
+        fake.apply(endpoint_slice(BENCH_NS, bench_name(i), self.ips[i]))
+
+    def desired(self) -> dict[str, set[str]]:
+        return {farm_name(BENCH_NS, bench_name(i)): set(ips) for i, ips in self.ips.items()}
+
+
+class Watcher(threading.Thread):
+    """Samples the kernel's nat service map and the CPU of nftlb and the agent."""
+
+    def __init__(self, others: set[str], churned: set[str], pids: dict[str, int]) -> None:
+        super().__init__(daemon=True)
+        self.others, self.churned, self.pids = others, churned, pids
+        self.stop = threading.Event()
+        self.samples: list[dict[str, Any]] = []
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            started = time.monotonic()
+            present = served_farms()
+            self.samples.append(
+                {
+                    "t": started,
+                    "read_ms": round((time.monotonic() - started) * 1000, 1),
+                    "others_missing": len(self.others - present),
+                    "churned_missing": len(self.churned - present),
+                    "cpu_s": {name: proc_cpu_seconds(pid) for name, pid in self.pids.items()},
+                }
+            )
+            # at least 3x the read's own time between reads (nft's CPU: 0.1 s a read at 2,000 farms)
+            took = time.monotonic() - started
+            self.stop.wait(max(SAMPLE_S - took, 2 * took))
+
+
+def nftlb_backends(client: FloorClient, farm: str) -> set[str] | None:
+    """The backend IPs `GET /farms/<farm>` answers, or None if nftlb does not know the farm."""
+    status, text = client.get_farm(farm)
+    if status != 200:
+        return None
+    farms = json.loads(text).get("farms") or [{}]
+    return {b.get("ip-addr", "") for b in farms[0].get("backends") or []}
+
+
+def differing(client: FloorClient, desired: dict[str, set[str]]) -> list[str]:
+    return [farm for farm, ips in desired.items() if nftlb_backends(client, farm) != ips]
+
+
+def sync_summary(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Count, kinds, durations and requests of these `sync.done` / `sync.failed` lines."""
+    durations = sorted(float(e.get("duration_ms") or 0) for e in events)
+    requests = [int(e.get("requests") or 0) for e in events if e.get("event") == "sync.done"]
+    return {
+        "count": len(events),
+        "kinds": dict(
+            Counter(f"{e.get('kind')}{'' if e.get('ok', True) and e['event'] == 'sync.done' else ' (failed)'}" for e in events)
+        ),
+        "duration_ms_p50": round(statistics.median(durations), 1) if durations else None,
+        "duration_ms_max": round(durations[-1], 1) if durations else None,
+        "requests_p50": statistics.median(requests) if requests else None,
+        "requests_max": max(requests) if requests else None,
+        "requests_total": sum(requests),
+    }
+
+
+def epoch(event: dict[str, Any]) -> float:
+    return dt.datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
+
+
+def settle(client: FloorClient, desired: dict[str, set[str]], stopped: float) -> dict[str, Any]:
+    """Poll nftlb until every churned farm answers its last written endpoints (or the timeout).
+    Only the farms still differing are polled again, every 0.1 s, so that the polls take as
+    little of nftlb (which serves one request at a time) as they can."""
+    polls: list[tuple[float, int]] = []
+    converged = None
+    left = dict(desired)  # a farm that reached its endpoints stays there (checked again below)
+    while time.monotonic() - stopped < SETTLE_TIMEOUT_S:
+        left = {farm: desired[farm] for farm in differing(client, left)}
+        at = time.monotonic() - stopped
+        polls.append((round(at, 3), len(left)))
+        if not left:
+            converged = at
+            break
+        time.sleep(0.1)  # nftlb serves one request at a time: leave room for the agent's
+    marks: dict[str, int | None] = {}
+    for mark in SETTLE_MARKS_S:
+        seen = [left for at, left in polls if at <= mark]
+        if converged is not None and converged <= mark:
+            marks[f"{mark:g}s"] = 0
+        else:  # None: no poll finished by then
+            marks[f"{mark:g}s"] = seen[-1] if seen else None
+    return {
+        "converged_after_s": None if converged is None else round(converged, 3),
+        "differing_at": marks,
+        "differing_when_checked_again": len(differing(client, desired)),
+        "polls": polls[-20:],
+    }
+
+
+def kernel_check(services: int, desired: dict[str, set[str]]) -> dict[str, Any]:
+    """The whole ruleset, once: every frontend served, and the churned farms' DNAT maps."""
+    ruleset = ruleset_json()
+    targets = {t.removeprefix("nat-") for (_, name, *_), t in service_elements(ruleset).items() if name == "nat-proto-services"}
+    wanted = {farm_name(BENCH_NS, bench_name(i)) for i in range(services)}
+    dnat = dnat_entries(ruleset)
+    wrong = [f for f, ips in desired.items() if {ip for _, ip, _ in dnat.get(f"nat-{f}", set())} != ips]
+    return {"frontends_missing": len(wanted - targets), "churned_dnat_differing": len(wrong), "examples": wrong[:3]}
+
+
+def run(cfg: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    services, churned_n, seconds = cfg["services"], cfg["churned"], cfg["seconds"]
+    indexes = [k * services // churned_n for k in range(churned_n)]  # spread over nftlb's list
+    churn = Churn(indexes)
+    churned = {farm_name(BENCH_NS, bench_name(i)) for i in indexes}
+    others = {farm_name(BENCH_NS, bench_name(i)) for i in range(services)} - churned
+    daemon = NftlbDaemon(workdir)
+    delete_tables()
+    daemon.start()
+    out: dict[str, Any] = {"config": cfg, "load_start": loadavg()}
+    try:
+        with FakeApiServer() as fake:
+            fake.seed([NODE, *bench_objects(services, ENDPOINTS)])
+            agent = Agent(workdir, fake, daemon, resync_period="30s")  # the defaults of `run`
+            agent.start()
+            try:
+                started = time.monotonic()
+                agent.wait_for(lambda: len(served_farms()) >= services, 1800, "the initial sync", 0.5)
+                agent.wait_for(lambda: agent.events("sync.done"), 60, "the first sync.done")
+                out["initial_sync_s"] = round(time.monotonic() - started, 2)
+                print(f"initial sync of {services} Services: {out['initial_sync_s']:.1f} s", flush=True)
+                time.sleep(1.0)
+                assert daemon.process is not None
+                pids = {"nftlb": daemon.process.pid, "agent": agent.pid}
+                watcher = Watcher(others, churned, pids)
+                cpu0 = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
+                own0 = time.process_time()
+                wall0 = time.time()
+                log0 = len(daemon.log_path.read_text(errors="replace"))
+                watcher.start()
+                t0 = time.monotonic()
+                rounds = writes = 0
+                while time.monotonic() - t0 < seconds:
+                    due = t0 + rounds * PERIOD_S
+                    if due >= t0 + seconds:
+                        break
+                    if due > time.monotonic():
+                        time.sleep(due - time.monotonic())
+                    for slot in range(churned_n):
+                        churn.step(fake, slot)
+                        writes += 1
+                    rounds += 1
+                t1 = time.monotonic()
+                wall1 = time.time()
+                churn_s = t1 - t0
+                cpu1 = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
+                own1 = time.process_time()
+                out["agent_rss_mb_end_of_churn"] = round(agent.rss_mb(), 1)
+                settled = settle(daemon.client(), churn.desired(), t1)
+                watcher.stop.set()
+                watcher.join()
+                out["kernel_after"] = kernel_check(services, churn.desired())
+                out["agent_peak_rss_mb"] = round(agent.peak_rss_mb(), 1)
+                events = agent.events("sync.done") + agent.events("sync.failed")
+                during = [e for e in events if wall0 <= epoch(e) <= wall1]
+                after = [e for e in events if epoch(e) > wall1]
+                restarts = [e for e in agent.events("watchdog.restart_detected") if wall0 <= epoch(e) <= wall1]
+                nftlb_log = daemon.log_path.read_text(errors="replace")[log0:]
+                alive = agent.alive()
+            finally:
+                code = agent.stop()
+    finally:
+        daemon.stop()
+        delete_tables()
+    samples = watcher.samples
+    out.update(
+        {
+            "churn_s": round(churn_s, 2),
+            "writes": writes,
+            "writes_target": int(seconds / PERIOD_S) * churned_n,
+            "write_rate_per_s": round(writes / churn_s, 1),
+            "write_rate_target_per_s": round(churned_n / PERIOD_S, 1),
+            "syncs_during_churn": sync_summary(during),
+            "syncs_after_churn": sync_summary(after),
+            "restarts_detected_during_churn": len(restarts),
+            "nftlb_failure_lines": {what: nftlb_log.count(what) for what in NFTLB_FAILURES},
+            "cpu_pct_of_one_core": {name: round(100 * (cpu1[name] - cpu0[name]) / churn_s, 1) for name in cpu0},
+            "benchmark_process_cpu_pct": round(100 * (own1 - own0) / churn_s, 1),
+            "nftlb_cpu_pct_per_5s_max": _max_window_pct(samples, "nftlb", 5.0),
+            "samples": len(samples),
+            "samples_missing_other_frontends": sum(1 for s in samples if s["others_missing"]),
+            "samples_missing_churned_frontends": sum(1 for s in samples if s["churned_missing"]),
+            "most_other_frontends_missing": max((s["others_missing"] for s in samples), default=0),
+            "sample_read_ms_p50": statistics.median(s["read_ms"] for s in samples) if samples else None,
+            "settle": settled,
+            "agent_alive_at_end": alive,
+            "agent_exit_code": code,
+            "load_end": loadavg(),
+        }
+    )
+    return out
+
+
+def _max_window_pct(samples: list[dict[str, Any]], name: str, window: float) -> float | None:
+    """The busiest `window` seconds of a process, in % of one core, from the watcher's samples."""
+    best = None
+    j = 0
+    for i, s in enumerate(samples):
+        while samples[j]["t"] < s["t"] - window:
+            j += 1
+        if j < i and s["t"] - samples[j]["t"] >= window * 0.8:
+            pct = 100 * (s["cpu_s"][name] - samples[j]["cpu_s"][name]) / (s["t"] - samples[j]["t"])
+            best = pct if best is None else max(best, pct)
+    return None if best is None else round(best, 1)
+
+
+def report(r: dict[str, Any]) -> None:
+    cfg, during, settle_, k = r["config"], r["syncs_during_churn"], r["settle"], r["kernel_after"]
+    cpu = r["cpu_pct_of_one_core"]
+    lines = [
+        f"churn: {cfg['churned']} of {cfg['services']} Services replacing an endpoint every "
+        f"{PERIOD_S * 1000:.0f} ms for {r['churn_s']:.0f} s (load average {r['load_end']})",
+        f"  API writes: {r['writes']} of {r['writes_target']} "
+        f"({r['write_rate_per_s']:.0f}/s of {r['write_rate_target_per_s']:.0f}/s)",
+        f"  syncs during the churn: {during['count']} {during['kinds']}, duration p50 {during['duration_ms_p50']} ms / "
+        f"max {during['duration_ms_max']} ms, requests p50 {during['requests_p50']} / max {during['requests_max']}",
+        f"  CPU (% of one core): nftlb {cpu['nftlb']}% (busiest 5 s: {r['nftlb_cpu_pct_per_5s_max']}%), "
+        f"agent {cpu['agent']}%, benchmark driver and fake API server {r['benchmark_process_cpu_pct']}%",
+        f"  nftlb's failure lines during the churn: {r['nftlb_failure_lines']}; "
+        f"restarts the watchdog saw: {r['restarts_detected_during_churn']}",
+        f"  agent RSS {r['agent_rss_mb_end_of_churn']} MB at the end of the churn (peak {r['agent_peak_rss_mb']} MB)",
+        f"  kernel samples lacking a non-churned Service's frontend: {r['samples_missing_other_frontends']} "
+        f"of {r['samples']} (goal 0; lacking a churned one: {r['samples_missing_churned_frontends']})",
+        f"  after the churn: nftlb's farms equal the last written slices {settle_['converged_after_s']:.2f} s later"
+        if settle_["converged_after_s"] is not None
+        else f"  after the churn: NOT converged in {SETTLE_TIMEOUT_S:.0f} s; farms still differing at {settle_['differing_at']}",
+        f"  kernel then: {k['frontends_missing']} of {cfg['services']} frontends missing, "
+        f"{k['churned_dnat_differing']} churned DNAT maps differing",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="200 Services, 20 s of churn")
+    parser.add_argument("--services", type=int, help="Services in the cluster")
+    parser.add_argument("--churned", type=int, help="Services replacing an endpoint every 100 ms")
+    parser.add_argument("--seconds", type=float, help="how long the churn lasts")
+    args, _ = parser.parse_known_args(argv)  # `nox -s bench` passes benchmarks.run's flags too
+    problem = why_not_runnable()
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    mode = "quick" if args.quick else "full"
+    cfg = dict(MODES[mode])
+    for key in ("services", "churned", "seconds"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    with tempfile.TemporaryDirectory(prefix="kube-nftlb-soak-") as tmp:
+        result = run(cfg, Path(tmp))
+    report(result)
+    RESULTS.mkdir(exist_ok=True)
+    doc = {"mode": mode, "machine": machine(), "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **result}
+    (RESULTS / f"soak-{mode}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
