@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import signal
+import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -130,3 +133,28 @@ class Agent:
 
     def rss_mb(self) -> float:
         return proc_status_kb(self.pid, "VmRSS") / 1024
+
+
+def log_epoch(line: dict[str, Any]) -> float:
+    """A log line's ISO timestamp as seconds since the epoch (comparable with time.time())."""
+    return dt.datetime.fromisoformat(str(line["timestamp"]).replace("Z", "+00:00")).timestamp()
+
+
+def sync_summary(lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """Count, kinds, durations and requests of these `sync.done` / `sync.failed` lines."""
+    durations = sorted(float(e.get("duration_ms") or 0) for e in lines)
+    requests = [int(e.get("requests") or 0) for e in lines if e.get("event") == "sync.done"]
+    sent_ms = sum(float(e.get("duration_ms") or 0) for e in lines if e.get("requests"))
+    failed = [e for e in lines if e.get("event") == "sync.failed" or not e.get("ok", True)]
+    return {
+        "count": len(lines),
+        "failed": len(failed),
+        "kinds": dict(Counter(str(e.get("kind")) for e in lines)),
+        "duration_ms_p50": round(statistics.median(durations), 1) if durations else None,
+        "duration_ms_max": round(durations[-1], 1) if durations else None,
+        "requests_p50": statistics.median(requests) if requests else None,
+        "requests_max": max(requests) if requests else None,
+        "requests_total": sum(requests),
+        # the wall time of a sync per request it sent to nftlb (syncs that sent any)
+        "ms_per_request": round(sent_ms / sum(requests), 1) if sum(requests) else None,
+    }

@@ -6,6 +6,8 @@ tests (tests/e2e/conftest.py), so the host's nftables ruleset is never touched.
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import http.client
 import json
 import math
@@ -14,8 +16,10 @@ import platform
 import re
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ from reconciler.core.nftlb_ruleset import ruleset_objects, service_elements
 from reconciler.testing.nftlbd import NFTLB, NftlbProcess
 from reconciler.testing.nftlbd import delete_tables as delete_tables  # for the scenarios
 
+RESULTS = Path(__file__).parent / "results"
 NETNS_ENV = "KUBE_NFTLB_BENCH_NETNS"
 RUN_HINT = f"sudo unshare -n env {NETNS_ENV}=1 .venv/bin/python -m benchmarks.run"
 SERVICE_MAP_RE = re.compile(r"^(output-)?(filter|nat)-proto-services6?$")
@@ -75,6 +80,39 @@ def machine() -> dict[str, Any]:
         "nft": nft.stdout.strip(),
         "python": platform.python_version(),
     }
+
+
+def write_result(name: str, mode: str, result: dict[str, Any]) -> Path:
+    """``benchmarks/results/<name>-<mode>.json``: the result, with the machine and the time."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}-{mode}.json"
+    finished = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    path.write_text(json.dumps({"mode": mode, "machine": machine(), "finished": finished, **result}, indent=1) + "\n")
+    return path
+
+
+def scenario_main(
+    name: str,
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    modes: dict[str, dict[str, Any]],
+    run: Callable[[dict[str, Any], Path], dict[str, Any]],
+    report: Callable[[dict[str, Any]], None],
+) -> int:
+    """A scenario's command line: ``--quick`` picks the quick mode, every other flag given
+    overrides that mode's setting of its name; the result is reported and written."""
+    args, _ = parser.parse_known_args(argv)  # `nox -s bench` passes benchmarks.run's flags too
+    problem = why_not_runnable()
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    mode = "quick" if args.quick else "full"
+    cfg = {**modes[mode], **{k: v for k, v in vars(args).items() if k != "quick" and v is not None}}
+    with tempfile.TemporaryDirectory(prefix=f"kube-nftlb-{name}-") as tmp:
+        result = run(cfg, Path(tmp))
+    report(result)
+    print(f"results: {write_result(name, mode, result)}")
+    return 0
 
 
 # -- statistics -------------------------------------------------------------------------------
@@ -251,6 +289,19 @@ def proc_cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def proc_sched_seconds(pid: int) -> tuple[float, float]:
+    """(on a CPU, runnable but waiting for one) of every thread of a process, in seconds, from
+    ``/proc/<pid>/task/*/schedstat``: the second says how much a busy machine held it back."""
+    run = wait = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            on_cpu, waiting, _ = (task / "schedstat").read_text().split()
+        except (OSError, ValueError):
+            continue  # the thread ended meanwhile
+        run, wait = run + int(on_cpu), wait + int(waiting)
+    return run / 1e9, wait / 1e9
 
 
 def proc_status_kb(pid: int, key: str) -> int:

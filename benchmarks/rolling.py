@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import datetime as dt
 import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -39,14 +37,13 @@ from typing import Any
 
 from attrs import frozen
 
-from benchmarks.agent import Agent
+from benchmarks.agent import Agent, log_epoch, sync_summary
 from benchmarks.cluster import NODE, PORT, PROBE_NS, TARGET_PORT, bench_objects, cluster_ip, endpoint_slice, farm_name, service
-from benchmarks.env import FloorClient, NftlbDaemon, delete_tables, loadavg, machine, why_not_runnable
+from benchmarks.env import FloorClient, NftlbDaemon, delete_tables, loadavg, scenario_main
 from reconciler.core.nftlb_ruleset import dnat_entries, ruleset_objects, service_elements
 from reconciler.testing.fakeapi import FakeApiServer
 from reconciler.testing.netns import Namespace, sh, veth
 
-RESULTS = Path(__file__).parent / "results"
 NAME = "rolling"
 FARM = farm_name(PROBE_NS, NAME)
 SERVICE_IP = cluster_ip(0, probe=True)
@@ -392,12 +389,8 @@ def run(cfg: dict[str, Any], workdir: Path) -> dict[str, Any]:
                 stdout, _ = probe.communicate("", timeout=30)
                 watcher.stop.set()
                 watcher.join()
-                syncs = [e for e in agent.events("sync.done") + agent.events("sync.failed") if _epoch(e) >= wall0]
-                out["syncs"] = {
-                    "count": len(syncs),
-                    "kinds": dict(Counter(f"{e.get('kind')}{'' if e.get('ok') else ' (failed)'}" for e in syncs)),
-                    "duration_ms_p50": statistics.median(float(e.get("duration_ms") or 0) for e in syncs) if syncs else None,
-                }
+                syncs = [e for e in agent.events("sync.done") + agent.events("sync.failed") if log_epoch(e) >= wall0]
+                out["syncs"] = sync_summary(syncs)
                 out["restarts_detected"] = len(agent.events("watchdog.restart_detected"))
             finally:
                 agent.stop()
@@ -409,10 +402,6 @@ def run(cfg: dict[str, Any], workdir: Path) -> dict[str, Any]:
     out.update(analyse(connections, happened, watcher.samples, span))
     out["load_end"] = loadavg()
     return out
-
-
-def _epoch(event: dict[str, Any]) -> float:
-    return dt.datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
 
 
 def report(r: dict[str, Any]) -> None:
@@ -433,7 +422,8 @@ def report(r: dict[str, Any]) -> None:
         f"a gone endpoint still a backend in {r['kernel_samples_with_a_gone_backend']}",
         f"  connections answered by a terminating endpoint: {r['answered_by_terminating_endpoints']} "
         f"(latest {r['latest_answer_after_terminating_ms']} ms after it was marked)",
-        f"  syncs: {r['syncs']['count']} {r['syncs']['kinds']}, p50 {r['syncs']['duration_ms_p50']} ms; "
+        f"  syncs: {r['syncs']['count']} {r['syncs']['kinds']} ({r['syncs']['failed']} failed), "
+        f"p50 {r['syncs']['duration_ms_p50']} ms; "
         f"final backends in nftlb {r['final_backends_after_s']} s after the last write",
     ]
     print("\n".join(lines), flush=True)
@@ -450,20 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--removal-lag", type=float, default=0.1, help="s from a pod gone to its slice removal")
     parser.add_argument("--interval", type=float, default=0.015, help="s between the client's connections")
     parser.add_argument("--timeout", type=float, default=1.0, help="s a connection may take to be answered")
-    args, _ = parser.parse_known_args(argv)  # `nox -s bench` passes benchmarks.run's flags too
-    problem = why_not_runnable()
-    if problem:
-        print(problem, file=sys.stderr)
-        return 2
-    mode = "quick" if args.quick else "full"
-    cfg = {**MODES[mode], **{k: v for k, v in vars(args).items() if k != "quick" and v is not None}}
-    with tempfile.TemporaryDirectory(prefix="kube-nftlb-rolling-") as tmp:
-        result = run(cfg, Path(tmp))
-    report(result)
-    RESULTS.mkdir(exist_ok=True)
-    doc = {"mode": mode, "machine": machine(), "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **result}
-    (RESULTS / f"rolling-{mode}.json").write_text(json.dumps(doc, indent=1) + "\n")
-    return 0
+    return scenario_main("rolling", parser, argv, MODES, run, report)
 
 
 if __name__ == "__main__":

@@ -17,39 +17,35 @@ churned Service (and how many still differ 1, 5 and 30 s after), then the kernel
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import statistics
-import sys
-import tempfile
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from benchmarks.agent import Agent
+from benchmarks.agent import Agent, log_epoch, sync_summary
 from benchmarks.cluster import BENCH_NS, NODE, bench_name, bench_objects, endpoint_ip, endpoint_slice, farm_name, replacement_ip
 from benchmarks.env import (
+    RESULTS,
     FloorClient,
     NftlbDaemon,
     delete_tables,
     loadavg,
-    machine,
     proc_cpu_seconds,
+    proc_sched_seconds,
     ruleset_json,
+    scenario_main,
     served_farms,
-    why_not_runnable,
 )
 from reconciler.core.nftlb_ruleset import dnat_entries, service_elements
 from reconciler.testing.fakeapi import FakeApiServer
 
-RESULTS = Path(__file__).parent / "results"
 ENDPOINTS = 10
 PERIOD_S = 0.1
 SAMPLE_S = 0.25
 SETTLE_MARKS_S = (1.0, 5.0, 30.0)
-SETTLE_TIMEOUT_S = 120.0
+SETTLE_TIMEOUT_S = 300.0
 MODES: dict[str, dict[str, Any]] = {
     "full": {"services": 2000, "churned": 50, "seconds": 120.0},
     "quick": {"services": 200, "churned": 50, "seconds": 20.0},
@@ -116,27 +112,6 @@ def differing(client: FloorClient, desired: dict[str, set[str]]) -> list[str]:
     return [farm for farm, ips in desired.items() if nftlb_backends(client, farm) != ips]
 
 
-def sync_summary(events: list[dict[str, Any]]) -> dict[str, Any]:
-    """Count, kinds, durations and requests of these `sync.done` / `sync.failed` lines."""
-    durations = sorted(float(e.get("duration_ms") or 0) for e in events)
-    requests = [int(e.get("requests") or 0) for e in events if e.get("event") == "sync.done"]
-    return {
-        "count": len(events),
-        "kinds": dict(
-            Counter(f"{e.get('kind')}{'' if e.get('ok', True) and e['event'] == 'sync.done' else ' (failed)'}" for e in events)
-        ),
-        "duration_ms_p50": round(statistics.median(durations), 1) if durations else None,
-        "duration_ms_max": round(durations[-1], 1) if durations else None,
-        "requests_p50": statistics.median(requests) if requests else None,
-        "requests_max": max(requests) if requests else None,
-        "requests_total": sum(requests),
-    }
-
-
-def epoch(event: dict[str, Any]) -> float:
-    return dt.datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
-
-
 def settle(client: FloorClient, desired: dict[str, set[str]], stopped: float) -> dict[str, Any]:
     """Poll nftlb until every churned farm answers its last written endpoints (or the timeout).
     Only the farms still differing are polled again, every 0.1 s, so that the polls take as
@@ -163,7 +138,7 @@ def settle(client: FloorClient, desired: dict[str, set[str]], stopped: float) ->
         "converged_after_s": None if converged is None else round(converged, 3),
         "differing_at": marks,
         "differing_when_checked_again": len(differing(client, desired)),
-        "polls": polls[-20:],
+        "polls": polls,
     }
 
 
@@ -203,6 +178,7 @@ def run(cfg: dict[str, Any], workdir: Path) -> dict[str, Any]:
                 pids = {"nftlb": daemon.process.pid, "agent": agent.pid}
                 watcher = Watcher(others, churned, pids)
                 cpu0 = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
+                sched0 = {name: proc_sched_seconds(pid) for name, pid in pids.items()}
                 own0 = time.process_time()
                 wall0 = time.time()
                 log0 = len(daemon.log_path.read_text(errors="replace"))
@@ -223,6 +199,7 @@ def run(cfg: dict[str, Any], workdir: Path) -> dict[str, Any]:
                 wall1 = time.time()
                 churn_s = t1 - t0
                 cpu1 = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
+                sched1 = {name: proc_sched_seconds(pid) for name, pid in pids.items()}
                 own1 = time.process_time()
                 out["agent_rss_mb_end_of_churn"] = round(agent.rss_mb(), 1)
                 settled = settle(daemon.client(), churn.desired(), t1)
@@ -231,16 +208,20 @@ def run(cfg: dict[str, Any], workdir: Path) -> dict[str, Any]:
                 out["kernel_after"] = kernel_check(services, churn.desired())
                 out["agent_peak_rss_mb"] = round(agent.peak_rss_mb(), 1)
                 events = agent.events("sync.done") + agent.events("sync.failed")
-                during = [e for e in events if wall0 <= epoch(e) <= wall1]
-                after = [e for e in events if epoch(e) > wall1]
-                restarts = [e for e in agent.events("watchdog.restart_detected") if wall0 <= epoch(e) <= wall1]
+                during = [e for e in events if wall0 <= log_epoch(e) <= wall1]
+                after = [e for e in events if log_epoch(e) > wall1]
+                restarts = [e for e in agent.events("watchdog.restart_detected") if wall0 <= log_epoch(e) <= wall1]
                 nftlb_log = daemon.log_path.read_text(errors="replace")[log0:]
                 alive = agent.alive()
+                logs = {"agent": agent.log_path.read_bytes(), "nftlb": daemon.log_path.read_bytes()}
             finally:
                 code = agent.stop()
     finally:
         daemon.stop()
         delete_tables()
+    RESULTS.mkdir(exist_ok=True)
+    for name, data in logs.items():  # kept for a closer look (benchmarks/results/ is git-ignored)
+        (RESULTS / f"soak-{cfg['services']}-{name}.log").write_bytes(data)
     samples = watcher.samples
     out.update(
         {
@@ -254,6 +235,7 @@ def run(cfg: dict[str, Any], workdir: Path) -> dict[str, Any]:
             "restarts_detected_during_churn": len(restarts),
             "nftlb_failure_lines": {what: nftlb_log.count(what) for what in NFTLB_FAILURES},
             "cpu_pct_of_one_core": {name: round(100 * (cpu1[name] - cpu0[name]) / churn_s, 1) for name in cpu0},
+            "waiting_for_a_cpu_pct": {name: round(100 * (sched1[name][1] - sched0[name][1]) / churn_s, 1) for name in sched0},
             "benchmark_process_cpu_pct": round(100 * (own1 - own0) / churn_s, 1),
             "nftlb_cpu_pct_per_5s_max": _max_window_pct(samples, "nftlb", 5.0),
             "samples": len(samples),
@@ -284,17 +266,21 @@ def _max_window_pct(samples: list[dict[str, Any]], name: str, window: float) -> 
 
 
 def report(r: dict[str, Any]) -> None:
-    cfg, during, settle_, k = r["config"], r["syncs_during_churn"], r["settle"], r["kernel_after"]
-    cpu = r["cpu_pct_of_one_core"]
+    cfg, during, after = r["config"], r["syncs_during_churn"], r["syncs_after_churn"]
+    settle_, k = r["settle"], r["kernel_after"]
+    cpu, wait = r["cpu_pct_of_one_core"], r["waiting_for_a_cpu_pct"]
     lines = [
         f"churn: {cfg['churned']} of {cfg['services']} Services replacing an endpoint every "
         f"{PERIOD_S * 1000:.0f} ms for {r['churn_s']:.0f} s (load average {r['load_end']})",
         f"  API writes: {r['writes']} of {r['writes_target']} "
         f"({r['write_rate_per_s']:.0f}/s of {r['write_rate_target_per_s']:.0f}/s)",
-        f"  syncs during the churn: {during['count']} {during['kinds']}, duration p50 {during['duration_ms_p50']} ms / "
-        f"max {during['duration_ms_max']} ms, requests p50 {during['requests_p50']} / max {during['requests_max']}",
+        f"  syncs completed during the churn: {during['count']} {during['kinds']} ({during['failed']} failed), "
+        f"duration p50 {during['duration_ms_p50']} ms / "
+        f"max {during['duration_ms_max']} ms, requests p50 {during['requests_p50']} / max {during['requests_max']}, "
+        f"{during['ms_per_request']} ms of sync per request",
         f"  CPU (% of one core): nftlb {cpu['nftlb']}% (busiest 5 s: {r['nftlb_cpu_pct_per_5s_max']}%), "
-        f"agent {cpu['agent']}%, benchmark driver and fake API server {r['benchmark_process_cpu_pct']}%",
+        f"agent {cpu['agent']}%, benchmark driver and fake API server {r['benchmark_process_cpu_pct']}%; "
+        f"runnable but waiting for a CPU: nftlb {wait['nftlb']}%, agent {wait['agent']}%",
         f"  nftlb's failure lines during the churn: {r['nftlb_failure_lines']}; "
         f"restarts the watchdog saw: {r['restarts_detected_during_churn']}",
         f"  agent RSS {r['agent_rss_mb_end_of_churn']} MB at the end of the churn (peak {r['agent_peak_rss_mb']} MB)",
@@ -302,7 +288,11 @@ def report(r: dict[str, Any]) -> None:
         f"of {r['samples']} (goal 0; lacking a churned one: {r['samples_missing_churned_frontends']})",
         f"  after the churn: nftlb's farms equal the last written slices {settle_['converged_after_s']:.2f} s later"
         if settle_["converged_after_s"] is not None
-        else f"  after the churn: NOT converged in {SETTLE_TIMEOUT_S:.0f} s; farms still differing at {settle_['differing_at']}",
+        else f"  after the churn: NOT converged in {SETTLE_TIMEOUT_S:.0f} s; farms still differing at {settle_['differing_at']} "
+        f"(None: no poll of the churned farms had finished by then; the first polls: {settle_['polls'][:3]})",
+        f"  syncs after the churn: {after['count']} {after['kinds']} ({after['failed']} failed), duration p50 "
+        f"{after['duration_ms_p50']} ms / max {after['duration_ms_max']} ms, requests p50 {after['requests_p50']}, "
+        f"{after['ms_per_request']} ms of sync per request",
         f"  kernel then: {k['frontends_missing']} of {cfg['services']} frontends missing, "
         f"{k['churned_dnat_differing']} churned DNAT maps differing",
     ]
@@ -315,23 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--services", type=int, help="Services in the cluster")
     parser.add_argument("--churned", type=int, help="Services replacing an endpoint every 100 ms")
     parser.add_argument("--seconds", type=float, help="how long the churn lasts")
-    args, _ = parser.parse_known_args(argv)  # `nox -s bench` passes benchmarks.run's flags too
-    problem = why_not_runnable()
-    if problem:
-        print(problem, file=sys.stderr)
-        return 2
-    mode = "quick" if args.quick else "full"
-    cfg = dict(MODES[mode])
-    for key in ("services", "churned", "seconds"):
-        if getattr(args, key) is not None:
-            cfg[key] = getattr(args, key)
-    with tempfile.TemporaryDirectory(prefix="kube-nftlb-soak-") as tmp:
-        result = run(cfg, Path(tmp))
-    report(result)
-    RESULTS.mkdir(exist_ok=True)
-    doc = {"mode": mode, "machine": machine(), "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **result}
-    (RESULTS / f"soak-{mode}.json").write_text(json.dumps(doc, indent=1) + "\n")
-    return 0
+    return scenario_main("soak", parser, argv, MODES, run, report)
 
 
 if __name__ == "__main__":
