@@ -74,7 +74,7 @@ def one(size: int, workdir: Path) -> dict[str, Any]:
             agent = Agent(workdir, fake, daemon, resync_period="30s")
             agent.start()
             try:
-                agent.wait_for(lambda: served() >= wanted, 1800, "the initial sync", 0.2)
+                agent.wait_for(lambda: served() >= wanted, 3600, "the initial sync", 1.0)  # a poll: 0.1-0.5 s of nft at 5,000
                 kill_and_start(daemon)
                 window = wait_served(wanted, 600)
                 detected = agent.events("watchdog.restart_detected")
