@@ -121,7 +121,7 @@ def test_idle_connections_cost_no_threads_and_never_lock_a_probe_out(
     try:
         # All accepted (the cap closes the oldest), and a real request is still answered.
         assert _get(port)[0] == 200
-        assert threading.active_count() == threads
+        assert threading.active_count() <= threads  # none per connection (other tests' may end)
         assert servers.open_connections <= servers.max_connections
         assert servers.evicted >= IDLE - servers.max_connections
     finally:

@@ -297,8 +297,8 @@ class Daemon:
 
     def stop(self) -> None:
         self.log.info("daemon.stop")
+        self.controller.stop()  # first: a sync in progress stops writing at its next request
         self.watchdog.stop()
-        self.controller.stop()
         if self.recorder is not None:
             if not self._loop:  # `run --once`: give the Events of its one sync a moment
                 self.recorder.flush(2.0)
