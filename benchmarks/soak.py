@@ -25,7 +25,19 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.agent import Agent, log_epoch, sync_summary
-from benchmarks.cluster import BENCH_NS, NODE, bench_name, bench_objects, endpoint_ip, endpoint_slice, farm_name, replacement_ip
+from benchmarks.cluster import (
+    BENCH_NS,
+    NODE,
+    PROBE_NS,
+    bench_name,
+    bench_objects,
+    cluster_ip,
+    endpoint_ip,
+    endpoint_slice,
+    farm_name,
+    replacement_ip,
+    service,
+)
 from benchmarks.env import (
     RESULTS,
     FloorClient,
@@ -44,6 +56,7 @@ from reconciler.testing.fakeapi import FakeApiServer
 ENDPOINTS = 10
 PERIOD_S = 0.1
 SAMPLE_S = 0.25
+BYSTANDER_S = 10.0
 SETTLE_MARKS_S = (1.0, 5.0, 30.0)
 SETTLE_TIMEOUT_S = 300.0
 MODES: dict[str, dict[str, Any]] = {
@@ -97,6 +110,36 @@ class Watcher(threading.Thread):
             # at least 3x the read's own time between reads (nft's CPU: 0.1 s a read at 2,000 farms)
             took = time.monotonic() - started
             self.stop.wait(max(SAMPLE_S - took, 2 * took))
+
+
+class Bystanders(threading.Thread):
+    """Another team's Services created during the churn, one every `BYSTANDER_S`: how long until
+    nftlb serves each (its farm with all its backends), while 50 Services churn next to it."""
+
+    def __init__(self, fake: FakeApiServer, client: FloorClient) -> None:
+        super().__init__(daemon=True)
+        self.fake, self.client = fake, client
+        self.stop = threading.Event()
+        self.latencies: list[float] = []
+        self.unserved = 0
+
+    def run(self) -> None:
+        k = 0
+        while not self.stop.wait(BYSTANDER_S):
+            name = f"bystander-{k}"
+            ips = {endpoint_ip(k, j, probe=True) for j in range(ENDPOINTS)}
+            farm = farm_name(PROBE_NS, name)
+            started = time.monotonic()
+            self.fake.apply(endpoint_slice(PROBE_NS, name, sorted(ips)))
+            self.fake.apply(service(PROBE_NS, name, cluster_ip(k, probe=True)))
+            while nftlb_backends(self.client, farm) != ips:
+                if time.monotonic() - started > 2 * BYSTANDER_S:
+                    self.unserved += 1
+                    break
+                time.sleep(0.02)
+            else:
+                self.latencies.append(time.monotonic() - started)
+            k += 1
 
 
 def nftlb_backends(client: FloorClient, farm: str) -> set[str] | None:
@@ -183,6 +226,8 @@ def run(cfg: dict[str, Any], workdir: Path) -> dict[str, Any]:
                 wall0 = time.time()
                 log0 = len(daemon.log_path.read_text(errors="replace"))
                 watcher.start()
+                bystanders = Bystanders(fake, daemon.client())
+                bystanders.start()
                 t0 = time.monotonic()
                 rounds = writes = 0
                 while time.monotonic() - t0 < seconds:
@@ -197,6 +242,8 @@ def run(cfg: dict[str, Any], workdir: Path) -> dict[str, Any]:
                     rounds += 1
                 t1 = time.monotonic()
                 wall1 = time.time()
+                bystanders.stop.set()
+                bystanders.join()
                 churn_s = t1 - t0
                 cpu1 = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
                 sched1 = {name: proc_sched_seconds(pid) for name, pid in pids.items()}
@@ -226,6 +273,11 @@ def run(cfg: dict[str, Any], workdir: Path) -> dict[str, Any]:
     out.update(
         {
             "churn_s": round(churn_s, 2),
+            "bystanders": {
+                "created": len(bystanders.latencies) + bystanders.unserved,
+                "unserved_after_s": {str(2 * BYSTANDER_S): bystanders.unserved},
+                "latency_s": [round(x, 3) for x in bystanders.latencies],
+            },
             "writes": writes,
             "writes_target": int(seconds / PERIOD_S) * churned_n,
             "write_rate_per_s": round(writes / churn_s, 1),
@@ -284,6 +336,9 @@ def report(r: dict[str, Any]) -> None:
         f"  nftlb's failure lines during the churn: {r['nftlb_failure_lines']}; "
         f"restarts the watchdog saw: {r['restarts_detected_during_churn']}",
         f"  agent RSS {r['agent_rss_mb_end_of_churn']} MB at the end of the churn (peak {r['agent_peak_rss_mb']} MB)",
+        f"  bystanders (a new Service of 10 endpoints every {BYSTANDER_S:.0f} s during the churn): "
+        f"{r['bystanders']['created']} created, served after {r['bystanders']['latency_s']} s, "
+        f"{sum(r['bystanders']['unserved_after_s'].values())} not served within {2 * BYSTANDER_S:.0f} s",
         f"  kernel samples lacking a non-churned Service's frontend: {r['samples_missing_other_frontends']} "
         f"of {r['samples']} (goal 0; lacking a churned one: {r['samples_missing_churned_frontends']})",
         f"  after the churn: nftlb's farms equal the last written slices {settle_['converged_after_s']:.2f} s later"
