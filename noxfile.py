@@ -24,14 +24,14 @@ nox.options.error_on_missing_interpreters = True
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.run("ruff", "check", "src", "tests", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py")
     session.run("lint-imports")
 
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.run("mypy", "--strict", "src")
+    session.run("mypy", "--strict", "src", "benchmarks")
 
 
 @nox.session

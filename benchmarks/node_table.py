@@ -60,9 +60,11 @@ def objects(count: int) -> list[dict[str, Any]]:
 
 
 def state_of(objs: list[dict[str, Any]]) -> ClusterState:
-    services = [parse_service(o)[0] for o in objs if o["kind"] == "Service"]
-    slices = [parse_endpoint_slice(o)[0] for o in objs if o["kind"] == "EndpointSlice"]
-    return ClusterState.build(services, slices, [parse_node(NODE)[0]])  # type: ignore[list-item]
+    services = [s for o in objs if o["kind"] == "Service" if (s := parse_service(o)[0]) is not None]
+    slices = [e for o in objs if o["kind"] == "EndpointSlice" if (e := parse_endpoint_slice(o)[0]) is not None]
+    node = parse_node(NODE)[0]
+    assert node is not None
+    return ClusterState.build(services, slices, [node])
 
 
 def shares(state: ClusterState, desired: Any) -> tuple[RuleIndex, Any]:
@@ -141,7 +143,7 @@ def run(scale: int, runs: int) -> dict[str, Any]:
             farm = evolve(farm, backends=tuple(Backend(f"b{j}", e.addresses[0], 8080) for j, e in enumerate(slice_.endpoints)))  # type: ignore[union-attr]
             t0 = time.perf_counter()
             names = frontend_farms(svc, node)
-            share = service_rules(svc, [FrontendFarm(farm, *names[farm.name])], (slice_,), node, NODE_NAME, CONFIG)  # type: ignore[arg-type]
+            share = service_rules(svc, [FrontendFarm(farm, *names[farm.name])], (slice_,), node, NODE_NAME, CONFIG)
             plus, minus, chains = index.replace(key, share)
             commands = delta_commands(base.sets, plus, minus, chains)
             writer.apply(commands)
