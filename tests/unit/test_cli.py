@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from reconciler.cli.main import main
 from reconciler.cli.manifests import load_paths
 from reconciler.testing.fakeapi import FakeApiServer
+
+if TYPE_CHECKING:
+    from reconciler.agent.daemon import Daemon
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -209,6 +213,25 @@ def _closed_url() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def offline_daemon(api: Any) -> Daemon:
+    """A `Daemon` on the API client `api` whose nftlb never answers, with no HTTP servers,
+    conntrack or Events: for what its informers and controller do on their own."""
+    from reconciler.agent.controller import Settings
+    from reconciler.agent.daemon import Daemon, DaemonOptions
+
+    options = DaemonOptions(
+        Settings(node_name="node-1"),
+        _closed_url(),
+        "k",
+        "",
+        healthz_address="",
+        health_check_host=None,
+        conntrack_cleanup=False,
+        events=False,
+    )
+    return Daemon(options, api)
 
 
 WEB = str(EXAMPLES / "10-web.yaml")
@@ -544,8 +567,6 @@ def test_the_informers_errors_are_logged_with_their_status(tmp_path: Path) -> No
     import time
 
     from reconciler.agent.config import kube_api_client
-    from reconciler.agent.controller import Settings
-    from reconciler.agent.daemon import Daemon, DaemonOptions
     from reconciler.agent.logs import configure
 
     stream = io.StringIO()
@@ -553,17 +574,7 @@ def test_the_informers_errors_are_logged_with_their_status(tmp_path: Path) -> No
     with FakeApiServer() as fake:
         fake.fail_next("list", 403, "endpointslices", times=100)
         api = kube_api_client(fake.write_kubeconfig(tmp_path / "kc"))
-        options = DaemonOptions(
-            Settings(node_name="node-1"),
-            _closed_url(),
-            "k",
-            "",
-            healthz_address="",
-            health_check_host=None,
-            conntrack_cleanup=False,
-            events=False,
-        )
-        daemon = Daemon(options, api)
+        daemon = offline_daemon(api)
         daemon.start(loop=False)
         try:
             deadline = time.monotonic() + 10

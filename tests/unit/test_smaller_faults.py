@@ -7,12 +7,10 @@ import threading
 from pathlib import Path
 
 import httpx
-from tests.unit.test_cli import _closed_url
+from tests.unit.test_cli import offline_daemon
 from tests.unit.test_controller import World, eps, service
 
 from reconciler.agent.config import kube_api_client
-from reconciler.agent.controller import Settings
-from reconciler.agent.daemon import Daemon, DaemonOptions
 from reconciler.core.kube import parse_endpoint_slice, parse_service
 from reconciler.testing.fakeapi import FakeApiServer
 
@@ -27,17 +25,7 @@ def test_a_service_without_a_namespace_is_keyed_alike_by_informer_and_controller
     }
     with FakeApiServer() as fake:
         api = kube_api_client(fake.write_kubeconfig(tmp_path / "kc"))
-        options = DaemonOptions(
-            Settings(node_name="node-1"),
-            _closed_url(),
-            "k",
-            "",
-            healthz_address="",
-            health_check_host=None,
-            conntrack_cleanup=False,
-            events=False,
-        )
-        daemon = Daemon(options, api)
+        daemon = offline_daemon(api)
         parsed_service = parse_service(raw_service)[0]
         parsed_slice = parse_endpoint_slice(raw_slice)[0]
         assert parsed_service is not None and parsed_slice is not None

@@ -98,10 +98,9 @@ class Settings:
     sync_burst: int = 5
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
-    #: After a sync of d seconds the next waits min(d, this): nftlb stays idle at least about
-    #: half the time under sustained churn (each farm it changes costs it time in proportion to
-    #: all farms, ~80 ms at 2,000), while a lone change after a short sync still goes at once.
-    #: 0 turns the pacing off.
+    #: After a sync of d seconds the next waits min(d, this): syncs up to this long leave nftlb
+    #: idle as long as they kept it busy, longer ones at least this long, while a lone change
+    #: after a short sync still goes at once. 0 turns the pacing off.
     pace_max: float = 5.0
     #: The node rules' settings; None: the table is not managed (tests of the farms alone).
     node_rules: NodeRulesConfig | None = None
@@ -389,10 +388,10 @@ class Controller:
     def _sync_paced(self, kind: str) -> SyncResult:
         """One sync, then the pause after it (`Settings.pace_max`).
 
-        Measured at 2,000 Services (issue 11's soak): nftlb spends ~80 ms on each farm it
-        changes, so 50 churning Services keep a back-to-back loop writing for good and nftlb
-        near 100 % CPU. Pausing as long as the sync took coalesces the churn into syncs that
-        still complete, with nftlb idle about half the time; a short sync barely pauses.
+        Under sustained churn a back-to-back loop keeps nftlb writing for good (issue 11's
+        soak, 2,000 Services: ~95 ms per deleted backend, ~49 s per sync). The pause coalesces
+        the churn into fewer, larger syncs and gives nftlb idle time (5 s of every ~54 s
+        there, measured 61 % of a core); a short sync barely pauses.
         """
         began = self._clock()
         result = self._sync_guarded(kind)
@@ -681,14 +680,7 @@ class Controller:
             fresh = sorted(set(problems) - self._health_reported)
             self._health_reported = set(problems)
             for p in fresh:
-                self.log.warning(
-                    "service.problem",
-                    service=f"{p.ref.namespace}/{p.ref.name}",
-                    reason=p.reason,
-                    message=p.message,
-                    key=p.key or None,
-                    value=p.value or None,
-                )
+                self._log_problem(p)
         if self.conntrack is not None:
             self._clean_conntrack(keys)
         if self.proxy_health is not None:
@@ -845,6 +837,17 @@ class Controller:
             error="; ".join(f"{f.farm}: {f.message}" for f in failures),
         )
 
+    def _log_problem(self, p: Problem, **extra: Any) -> None:
+        self.log.warning(
+            "service.problem",
+            service=f"{p.ref.namespace}/{p.ref.name}",
+            reason=p.reason,
+            message=p.message,
+            key=p.key or None,
+            value=p.value or None,
+            **extra,
+        )
+
     def _report(self, desired: Desired) -> None:
         self.metrics.desired_farms.set(len(desired.farms))
         self.metrics.problems.set(len(desired.problems))
@@ -852,15 +855,7 @@ class Controller:
         fresh = sorted(current - self._reported)
         self._reported = current
         for p in fresh:
-            self.log.warning(
-                "service.problem",
-                service=f"{p.ref.namespace}/{p.ref.name}",
-                reason=p.reason,
-                message=p.message,
-                key=p.key or None,
-                value=p.value or None,
-                allowed=list(p.allowed) or None,
-            )
+            self._log_problem(p, allowed=list(p.allowed) or None)
         # After the log lines: an Event is an API call that may be slow or fail.
         if self.events is not None:  # hands them to its worker: never waits for the API
             self.events.record(desired.problems, self._uid)

@@ -482,6 +482,20 @@ def cmd_explain(args: argparse.Namespace, settings: Resolved) -> int:
 # -- the commands ------------------------------------------------------------------------------
 
 
+def _add_state_and_output(p: argparse.ArgumentParser) -> None:
+    """`diff`'s and `explain`'s: nftlb's answer from a file, and text or JSON out."""
+    p.add_argument(
+        "--state", metavar="FILE", help="a saved GET /farms answer, instead of --nftlb-url"
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="output format (default: text)",
+    )
+
+
 def _add_source(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-f",
@@ -527,16 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_source(d)
     _add_settings(d, "diff", (*CLUSTER_SETTINGS, *_diff_nftlb_settings()))
-    d.add_argument(
-        "--state", metavar="FILE", help="a saved GET /farms answer, instead of --nftlb-url"
-    )
-    d.add_argument(
-        "-o",
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="output format (default: text)",
-    )
+    _add_state_and_output(d)
     d.set_defaults(func=cmd_diff)
 
     e = sub.add_parser(
@@ -547,16 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("service", metavar="NAMESPACE/NAME", help="the Service")
     _add_source(e)
     _add_settings(e, "explain", (*CLUSTER_SETTINGS, *_diff_nftlb_settings()))
-    e.add_argument(
-        "--state", metavar="FILE", help="a saved GET /farms answer, instead of --nftlb-url"
-    )
-    e.add_argument(
-        "-o",
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="output format (default: text)",
-    )
+    _add_state_and_output(e)
     e.set_defaults(func=cmd_explain)
 
     r = sub.add_parser("run", help="the node agent: keep nftlb equal to the cluster's Services")
