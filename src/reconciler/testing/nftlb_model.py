@@ -33,13 +33,14 @@ observed, and it is held to the real daemon by ``tests/e2e/test_differential.py`
   longer in use); turning an IPv6 farm off wipes the other IPv6 farms' rules.
 
 * which farms have no rules in the kernel, and why (`NftlbModel.dark_farms`): nft refuses a
-  farm's batch when two of its up backends share a mark (`nftlb-api.md` item 23) or another
-  farm holds its frontend (item 8); nftlb answers 200 and starts a recovery, which rebuilds the
-  farms in order: the farm that breaks gets no rules, and when it is the first farm of its
-  family, none of that family does (item 7); that lasts until a later request makes a failing
-  batch start another recovery (a change to a farm without rules, such as deleting the
-  duplicate), while a change to a farm that has its rules does not repair the others;
-  re-tested on 1.0.7 and held to the daemon by tests/e2e/test_differential.py.
+  farm's batch when two of its usable backends share a mark with different targets
+  (`nftlb-api.md` item 23; `_marks_clash`) or another farm holds its frontend (item 8); nftlb
+  answers 200 and starts a recovery, which rebuilds the farms in order: the farm that breaks
+  gets no rules, and when it is the first farm of its family, none of that family does (item
+  7); that lasts until a later request makes a failing batch start another recovery (a change
+  to a farm without rules, such as deleting the duplicate), while a change to a farm that has
+  its rules does not repair the others; re-tested on 1.0.7 and held to the daemon by
+  tests/e2e/test_differential.py and tests/e2e/test_backend_slots_e2e.py.
 
 Not modelled: the kernel itself beyond which farms have rules (stale rules left behind; tests
 check the kernel separately; turning a farm ``off`` can take its family's whole table away
@@ -188,10 +189,11 @@ class _Farm:
 
 
 #: Why a farm nftlb lists as up has no rules in the kernel (`NftlbModel.dark_farms`):
-#: ``mark``: two of its backends share a mark (`nftlb-api.md` item 23); ``tuple``: an earlier
-#: farm holds its (protocol, address, port) (item 8); ``table``: the first farm of its family
-#: failed, so its table has no base chains (item 7); ``ipv6-wipe``: another IPv6 farm stopped
-#: and nftlb deleted the ip6 table's elements (`NftlbClient.apply` repairs this).
+#: ``mark``: two of its backends share a mark, with different targets (`nftlb-api.md` item 23);
+#: ``tuple``: an earlier farm holds its (protocol, address, port) (item 8); ``table``: the
+#: first farm of its family failed, so its table has no base chains (item 7); ``ipv6-wipe``:
+#: another IPv6 farm stopped and nftlb deleted the ip6 table's elements (`NftlbClient.apply`
+#: repairs this).
 DARK_REASONS = ("mark", "tuple", "table", "ipv6-wipe")
 
 
@@ -563,10 +565,23 @@ class NftlbModel:
             out.add((a.protocol, a.ip, a.ports, a.name))
         return out
 
-    @staticmethod
-    def _marks_clash(farm: _Farm) -> bool:
-        marks = [b.mark for b in farm.backends if b.state == "up" and b.ip]
-        return len(set(marks)) != len(marks)
+    def _marks_clash(self, farm: _Farm) -> bool:
+        """Whether the farm's DNAT map (``ct mark map { mark : ip . port }``) gives one mark two
+        targets, which nft refuses ("File exists"). It holds the usable backends (nftlb's
+        ``backend_is_usable``: ``up``, and ``off``, which only leaves the scheduler), their
+        ports only when every backend of the farm has one (``bcks_have_port``) and the
+        protocol is not ``all``; nft merges identical entries, so two backends with one mark,
+        ip and port (a take-over sent twice makes them) break nothing. Checked on 1.0.7.
+        Not modelled: a standby backend (priority above the farm's) is not usable either."""
+        protocols = {self.addresses[n].protocol for n in farm.addresses}
+        ports = all(b.port for b in farm.backends) and "all" not in protocols
+        targets: dict[int, tuple[str, str]] = {}
+        for b in farm.backends:
+            if b.state in ("up", "off") and b.ip:
+                target = (b.ip, b.port if ports else "")
+                if targets.setdefault(b.mark, target) != target:
+                    return True
+        return False
 
     def _conflict(self, farm: _Farm, held: set[tuple[str, str, str, str]]) -> str:
         """What makes nft refuse this farm's batch, given the frontends farms built before
