@@ -1,7 +1,9 @@
-"""A stateful test of the whole loop: random cluster changes, syncs and nftlb restarts.
+"""A stateful test of the whole loop: random cluster changes, syncs, cleanups, nftlb restarts.
 
-After every sync, nftlb (the in-memory model, through the real client) holds exactly the farms
-`desired_farms` computes from the cluster as it is then: partial syncs converge as full ones do.
+After every sync, nftlb (the in-memory model, through the real client) serves exactly the farms
+`desired_farms` computes from the cluster as it is then (partial syncs converge as full ones
+do), and every other backend it holds is a spare: down, out of every map, and known to the
+controller. After a cleanup with nothing else waiting it holds exactly those farms.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from reconciler.agent.controller import Controller, Settings
 from reconciler.agent.logs import configure, get_logger
 from reconciler.agent.metrics import Metrics
 from reconciler.core.desired import desired_farms
-from reconciler.core.farms import Farm
+from reconciler.core.farms import Farm, is_spare
 from reconciler.core.kube import ClusterState, parse_endpoint_slice, parse_node, parse_service
 from reconciler.nftlb.client import NftlbClient
 from reconciler.testing.nftlb_model import NftlbModel
@@ -40,6 +42,13 @@ class Store:
 
 def _unmarked(farms: Any) -> dict[str, Farm]:
     return {f.name: evolve(f, backends=tuple(evolve(b, mark=0) for b in f.backends)) for f in farms}
+
+
+def _serving(farms: Any) -> dict[str, Farm]:
+    """The farms with their spares left out: what traffic sees."""
+    return _unmarked(
+        evolve(f, backends=tuple(b for b in f.backends if not is_spare(b))) for f in farms
+    )
 
 
 class Loop(RuleBasedStateMachine):
@@ -137,12 +146,31 @@ class Loop(RuleBasedStateMachine):
         self.restarted = False
         self.check()
 
+    @rule()
+    def cleanup(self) -> None:
+        if self.synced and not self.restarted:
+            assert self.controller.sync_cleanup().ok
+            if not self.controller._work_waiting():  # else it stopped before any request
+                self.check()
+                state = ClusterState.build(
+                    self.services.list(), self.slices.list(), self.nodes.list()
+                )
+                want = desired_farms(state, "n1").farms
+                assert _unmarked(self.client.get_farms().owned) == _unmarked(want)
+                assert self.controller.metrics.spare_backends._value.get() == 0
+
     def check(self) -> None:
         if self.restarted:
             return
         state = ClusterState.build(self.services.list(), self.slices.list(), self.nodes.list())
         want = desired_farms(state, "n1").farms
-        assert _unmarked(self.client.get_farms().owned) == _unmarked(want)
+        owned = self.client.get_farms().owned
+        assert _serving(owned) == _unmarked(want)
+        # every other backend is a spare, and the controller's view holds it as one
+        held = {f.name: f for f in owned}
+        assert {n: held[n] for n in held} == {
+            n: self.controller._actual[n] for n in held
+        }, "the controller's view of nftlb (spares included) is what nftlb holds"
 
     @invariant()
     def marks_are_explicit(self) -> None:

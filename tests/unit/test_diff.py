@@ -4,7 +4,7 @@ from typing import Any
 
 from attrs import evolve
 
-from reconciler.core.diff import diff
+from reconciler.core.diff import cleanup_ops, diff, held_after, marked_farms, without_backend
 from reconciler.core.farms import (
     MAX_MARK,
     Address,
@@ -17,6 +17,7 @@ from reconciler.core.farms import (
     Scheduler,
     assign_marks,
 )
+from reconciler.core.wire import UNUSABLE_PORT
 from reconciler.core.names import FarmKey, farm_name
 from reconciler.core.plan import OpKind, Plan, render_text
 from reconciler.core.wire import OWNER_LOG_PREFIX, requests_for
@@ -81,12 +82,63 @@ def test_replaced_endpoint_goes_in_before_the_old_one_goes_out() -> None:
         ),
     )
     plan = diff([want], [have])
-    assert [op.kind for op in plan] == [OpKind.UPSERT_BACKENDS, OpKind.DELETE_BACKEND]
+    assert [op.kind for op in plan] == [
+        OpKind.UPSERT_BACKENDS,
+        OpKind.RETIRE_BACKENDS,
+        OpKind.DELETE_BACKEND,
+    ]
     # Not the departing backend's mark 2: both are in nftlb between the two operations, and two
     # backends of one farm on one mark wipe nftlb's rules (nftlb-api.md item 23).
     assert plan.operations[0].backends[0].mark == 3
-    assert plan.operations[1].target == "b-10.1.0.2-8080"
-    assert not plan.operations[1].early
+    assert plan.operations[0].renames == ()
+    assert [b.name for b in plan.operations[1].backends] == ["b-10.1.0.2-8080"]
+    assert plan.operations[2].target == "b-10.1.0.2-8080"
+    assert plan.operations[2].cleanup and not plan.operations[2].early
+    # the delete is the cleanup: the plan without it already serves exactly the new backends
+    assert [op.kind for op in plan.main] == [OpKind.UPSERT_BACKENDS, OpKind.RETIRE_BACKENDS]
+
+
+def test_a_retired_backend_is_held_as_a_spare_and_the_next_new_one_takes_it_over() -> None:
+    have = applied(farm(n=2))
+    want = evolve(farm(n=2), backends=(Backend("b-10.1.0.1-8080", "10.1.0.1", 8080),))
+    marked = marked_farms([want], [have])[want.name]
+    held = held_after(marked, have)
+    spare = Backend("b-10.1.0.2-8080", "10.1.0.2", UNUSABLE_PORT, 1, 2)
+    assert held.backends == (*marked.backends, spare)
+    # a new endpoint later takes the spare over: renamed in place, with the spare's mark
+    again = evolve(want, backends=(*want.backends, Backend("b-10.1.0.7-8080", "10.1.0.7", 8080)))
+    plan = diff([again], [held])
+    assert [op.kind for op in plan] == [OpKind.UPSERT_BACKENDS]
+    (op,) = plan.operations
+    assert [(b.name, b.mark) for b in op.backends] == [("b-10.1.0.7-8080", 2)]
+    assert op.renames == (("b-10.1.0.7-8080", "b-10.1.0.2-8080"),)
+    marked = marked_farms([again], [held])[again.name]
+    assert held_after(marked, held) == marked  # no spare left, nothing to clean up
+
+
+def test_spares_not_taken_over_are_cleanup_deletes_only() -> None:
+    have = applied(farm(n=3))
+    spare = evolve(have.backends[2], port=UNUSABLE_PORT)
+    held = evolve(have, backends=(*have.backends[:2], spare))
+    want = farm(n=2)
+    plan = diff([want], [held])
+    assert [(op.kind, op.target, op.cleanup) for op in plan] == [
+        (OpKind.DELETE_BACKEND, spare.name, True)
+    ]
+    assert not plan.main
+    assert cleanup_ops(held, [b.name for b in want.backends]) == list(plan.operations)
+    assert without_backend(held, spare.name) == evolve(have, backends=have.backends[:2])
+
+
+def test_a_spare_with_a_shared_mark_is_never_taken_over() -> None:
+    have = applied(farm(n=2))
+    clash = Backend("b-10.1.0.5-8080", "10.1.0.5", UNUSABLE_PORT, 1, have.backends[0].mark)
+    held = evolve(have, backends=(*have.backends, clash))
+    new = Backend("b-10.1.0.6-8080", "10.1.0.6", 8080)
+    want = evolve(farm(n=2), backends=(*farm(n=2).backends, new))
+    (op, *_) = diff([want], [held]).operations
+    assert op.renames == ()
+    assert op.backends[0].mark not in {b.mark for b in held.backends}
 
 
 def test_changed_frontend_is_one_in_place_update_of_the_virtual_address() -> None:

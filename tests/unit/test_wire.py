@@ -274,6 +274,7 @@ class TestRequests:
             OpKind.CREATE_FARM: Operation(OpKind.CREATE_FARM, NAME, farm=farm),
             OpKind.UPDATE_FARM: Operation(OpKind.UPDATE_FARM, NAME, farm=farm, fields=("log",)),
             OpKind.UPSERT_BACKENDS: Operation(OpKind.UPSERT_BACKENDS, NAME, backends=(b,)),
+            OpKind.RETIRE_BACKENDS: Operation(OpKind.RETIRE_BACKENDS, NAME, backends=(b,)),
         }
         assert set(cases) == set(OpKind)
         got = {kind: requests_for(op) for kind, op in cases.items()}
@@ -291,6 +292,28 @@ class TestRequests:
         assert upsert == {
             "farms": [{**marked_body(NAME), "backends": farm_body(farm)["backends"][:1]}]
         }
+        # a retire sends the whole backend, state down last (a bare name would create a
+        # backend without a port, which strips the ports from the farm's DNAT map)
+        retire = got[OpKind.RETIRE_BACKENDS][0].body
+        whole = farm_body(farm)["backends"][0]
+        assert retire == {"farms": [{**marked_body(NAME), "backends": [{**whole, "state": "down"}]}]}
+        assert list(retire["farms"][0]["backends"][0])[-1] == "state"
+
+    def test_a_takeover_renames_the_spare_and_sets_it_up_last(self) -> None:
+        b = make_farm().backends[0]
+        op = Operation(OpKind.UPSERT_BACKENDS, NAME, backends=(b,), renames=((b.name, "old"),))
+        (request,) = requests_for(op)
+        assert request.body is not None
+        (sent,) = request.body["farms"][0]["backends"]
+        assert list(sent.items()) == [
+            ("name", "old"),
+            ("newname", b.name),
+            ("ip-addr", b.ip),
+            ("port", str(b.port)),
+            ("weight", str(b.weight)),
+            ("mark", f"{b.mark:#x}"),
+            ("state", "up"),
+        ]
 
     def test_nothing_to_send(self) -> None:
         farm = make_farm()

@@ -198,6 +198,11 @@ class Metrics:
         self.actual_farms = Gauge(
             f"{p}actual_farms", "Owned farms nftlb holds after the last sync.", registry=r
         )
+        self.spare_backends = Gauge(
+            f"{p}spare_backends",
+            "Retired backends nftlb still holds, waiting for the cleanup to delete them.",
+            registry=r,
+        )
         self.pending_changes = Gauge(
             f"{p}pending_changes", "Services marked dirty and not yet synced.", registry=r
         )

@@ -20,13 +20,16 @@ from attrs import asdict, evolve
 
 from reconciler.core.farms import (
     FARM_FIELDS,
+    UNUSABLE_PORT,
     Backend,
     Family,
     Farm,
     Helper,
     Protocol,
     assign_marks,
+    is_spare,
     released_marks,
+    takeovers,
 )
 from reconciler.core.names import is_owned
 from reconciler.core.plan import RESTART_FIELDS, Change, Operation, OpKind, Plan, ordered
@@ -101,6 +104,7 @@ def diff_farm(desired: Farm, actual: Farm) -> list[Operation]:
         ops.append(
             Operation(OpKind.UPDATE_FARM, name, tuple(changes), farm=desired, fields=changed)
         )
+    taken = takeovers(desired, actual)
     upserts: list[Backend] = []
     changes_b: list[Change] = []
     for b in desired.backends:
@@ -120,24 +124,82 @@ def diff_farm(desired: Farm, actual: Farm) -> list[Operation]:
                 tuple(changes_b),
                 farm=desired,
                 backends=tuple(upserts),
+                renames=tuple(sorted(taken.items())),
             )
         )
     wanted = {b.name for b in desired.backends}
     first = released_marks(desired, actual)
-    for b in actual.backends:
-        if b.name not in wanted:
-            change = Change(f"backends[{b.name}]", _obj(b), None)
-            ops.append(
-                Operation(
-                    OpKind.DELETE_BACKEND, name, (change,), target=b.name, early=b.name in first
-                )
+    gone = [b for b in actual.backends if b.name not in wanted and b.name not in taken.values()]
+    retired = [b for b in gone if not is_spare(b) and b.name not in first]
+    if retired:
+        ops.append(
+            Operation(
+                OpKind.RETIRE_BACKENDS,
+                name,
+                tuple(Change(f"backends[{b.name}].state", "up", "down") for b in retired),
+                backends=tuple(retired),
             )
+        )
+    for b in gone:
+        change = Change(f"backends[{b.name}]", _obj(b), None)
+        early = b.name in first
+        ops.append(
+            Operation(
+                OpKind.DELETE_BACKEND,
+                name,
+                (change,),
+                target=b.name,
+                early=early,
+                cleanup=not early,
+            )
+        )
     return ops
+
+
+def held_after(marked: Farm, actual: Farm | None) -> Farm:
+    """What nftlb holds for a farm once the main part of its plan (`Plan.main`) is applied:
+    the marked desired farm plus the spares still to be cleaned up, as a read-back shows
+    them (retired backends down: `UNUSABLE_PORT`). The agent diffs its next partial sync
+    against this, so that new backends take those spares over."""
+    if actual is None:
+        return marked
+    taken = set(takeovers(marked, actual).values())
+    wanted = {b.name for b in marked.backends}
+    first = released_marks(marked, actual)
+    left = [
+        evolve(b, port=UNUSABLE_PORT)
+        for b in actual.backends
+        if b.name not in wanted and b.name not in taken and b.name not in first
+    ]
+    return evolve(marked, backends=(*marked.backends, *left)) if left else marked
+
+
+def without_backend(farm: Farm, backend: str) -> Farm:
+    """`farm` once a cleanup delete of `backend` is applied."""
+    return evolve(farm, backends=tuple(b for b in farm.backends if b.name != backend))
+
+
+def cleanup_ops(farm: Farm, wanted: Iterable[str]) -> list[Operation]:
+    """The cleanup deletes for the spares of a farm as `held_after` gives it (its backends
+    not in `wanted`)."""
+    keep = set(wanted)
+    return [
+        Operation(
+            OpKind.DELETE_BACKEND,
+            farm.name,
+            (Change(f"backends[{b.name}]", _obj(b), None),),
+            target=b.name,
+            cleanup=True,
+        )
+        for b in farm.backends
+        if b.name not in keep
+    ]
 
 
 def marked_farms(desired: Iterable[Farm], actual: Iterable[Farm]) -> dict[str, Farm]:
     """The owned desired farms by name, each marked against what nftlb holds for it
-    (`assign_marks`): what nftlb will hold once the plan is applied."""
+    (`assign_marks`): what nftlb will hold once the plan is applied, its cleanup included
+    (`held_after` is what it holds before the cleanup)."""
     have = {f.name: f for f in actual}
     return {f.name: assign_marks(f, have.get(f.name)) for f in desired if is_owned(f.name)}
 

@@ -113,6 +113,11 @@ def helper_fits(family: Family, protocol: Protocol, helper: Helper) -> bool:
     )
 
 
+#: The port of a backend read back in a state nftlb cannot use (down, off, config_error, or a
+#: field that does not parse, `wire.parse_farm`); never a desired port, so the diff re-posts
+#: such a backend whole when it is wanted, and may take it over when it is not (`spares`).
+UNUSABLE_PORT = 0
+
 #: Explicit per-farm backend marks come from 0x1..0xFFF (`nftlb-api.md` section 11).
 MAX_MARK = 0xFFF
 MAX_BACKENDS = MAX_MARK
@@ -326,11 +331,13 @@ def assign_marks(desired: Farm, actual: Farm | None) -> Farm:
 def _mark(desired: Farm, actual: Farm | None) -> Farm:
     """`assign_marks` without its shortcut: keep valid marks of `actual`, number the rest.
 
-    A new mark is never one that any backend of `actual` holds, departing ones included: the
-    plan adds new backends before it deletes old ones, and two backends of one farm on one
-    mark make nftlb 1.0.7 drop the farm's rules, or its whole table (`nftlb-api.md` item 23).
-    Only when no other mark is left (4095 in all) is a departing backend's mark reused, and
-    `released_marks` then tells the diff to delete that backend first.
+    A new backend first takes over a spare (`spares`: the spare is renamed to it and keeps its
+    mark, one nftlb batch with no delete), then gets a mark no backend of `actual` holds,
+    departing ones included: the plan adds new backends before it retires old ones, and two
+    backends of one farm on one mark make nftlb 1.0.7 drop the farm's rules, or its whole
+    table (`nftlb-api.md` item 23). Only when no other mark is left (4095 in all) is a
+    departing backend's mark reused, and `released_marks` then tells the diff to delete that
+    backend first.
     """
     kept: dict[str, int] = {}
     held: set[int] = set()
@@ -340,6 +347,7 @@ def _mark(desired: Farm, actual: Farm | None) -> Farm:
                 kept[b.name] = b.mark
             held.add(b.mark)
     wanted = {b.name for b in desired.backends}
+    free = iter(spares(desired, actual))
     fresh = (m for m in range(1, MAX_MARK + 1) if m not in held)
     staying = {b.mark for b in actual.backends if b.name in wanted} if actual else set()
     released = iter(
@@ -347,13 +355,51 @@ def _mark(desired: Farm, actual: Farm | None) -> Farm:
         if actual
         else ()
     )
+
+    present = {b.name for b in actual.backends} if actual else set()
+
+    def new_mark(name: str) -> int:
+        spare = next(free, None) if name not in present else None
+        return spare.mark if spare is not None else next(fresh, 0) or next(released, 0)
+
     backends = tuple(
-        Backend(
-            b.name, b.ip, b.port, b.weight, kept.get(b.name) or next(fresh, 0) or next(released, 0)
-        )
+        Backend(b.name, b.ip, b.port, b.weight, kept.get(b.name) or new_mark(b.name))
         for b in desired.backends
     )
     return evolve(desired, backends=backends)
+
+
+def is_spare(backend: Backend) -> bool:
+    """A backend nftlb holds but cannot use (read back down, off or broken: `UNUSABLE_PORT`)."""
+    return backend.port == UNUSABLE_PORT
+
+
+def spares(desired: Farm, actual: Farm | None) -> tuple[Backend, ...]:
+    """The backends of `actual` that `desired` does not name, that nftlb holds unusable (a
+    backend the plan retired: down, out of every map) and whose mark is valid and theirs
+    alone: each can become a new backend in place (`takeovers`), sorted by name."""
+    if actual is None:
+        return ()
+    wanted = {b.name for b in desired.backends}
+    counts: dict[int, int] = {}
+    for b in actual.backends:
+        counts[b.mark] = counts.get(b.mark, 0) + 1
+    return tuple(
+        b
+        for b in actual.backends
+        if b.name not in wanted and is_spare(b) and 1 <= b.mark <= MAX_MARK and counts[b.mark] == 1
+    )
+
+
+def takeovers(desired: Farm, actual: Farm) -> dict[str, str]:
+    """New backends of marked `desired` that take over a spare of `actual` (the one whose
+    mark `_mark` gave them), as new name -> spare name."""
+    by_mark = {b.mark: b.name for b in spares(desired, actual)}
+    return {
+        b.name: by_mark[b.mark]
+        for b in desired.backends
+        if actual.backend(b.name) is None and b.mark in by_mark
+    }
 
 
 def released_marks(desired: Farm, actual: Farm) -> set[str]:

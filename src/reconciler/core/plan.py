@@ -21,14 +21,22 @@ class OpKind(StrEnum):
     Deletes come first, then updates (a farm whose frontend moves frees its old one), then
     creates, so a (protocol, address, port) a new farm needs is never held twice; updates that
     move a frontend onto one another farm leaves go after that farm's (`Operation.step`);
-    backends are upserted before surplus ones are deleted, so a farm never drops to zero, except
+    backends are upserted before surplus ones are retired, so a farm never drops to zero, except
     a backend whose mark a new one takes over, which goes first (`Operation.early`).
+
+    A departing backend is retired (set down: out of every map, one nftlb batch per farm
+    together with the farm's upserts) rather than deleted: nftlb 1.0.7 spends two batches on
+    each deleted usable backend (~90 ms at 2,000 farms), so under churn the deletes were the
+    sync. The retired backend stays as a spare that a later new backend takes over in place
+    (`farms.takeovers`); spares left over are deleted by cleanup operations
+    (`Operation.cleanup`), which the agent runs only when it has nothing else to do.
     """
 
     DELETE_FARM = "delete-farm"
     UPDATE_FARM = "update-farm"
     CREATE_FARM = "create-farm"
     UPSERT_BACKENDS = "upsert-backends"
+    RETIRE_BACKENDS = "retire-backends"
     DELETE_BACKEND = "delete-backend"
 
 
@@ -72,10 +80,14 @@ class Operation:
     and port), `backends` the backends to send, and `target` the backend name for deletes.
     `step` orders updates of one kind among themselves (a frontend move waits for the farm
     that leaves that frontend); `early` puts a backend delete before the farm's upserts (its
-    mark is reused, `farms.released_marks`). `stop_first` turns the farm off before an update
-    of `RESTART_FIELDS` or a delete, and an update on again: nftlb 1.0.7 cannot stop a farm
-    whose ct helper object another farm uses (404, not applied; a delete leaves its rules in
-    the kernel), but turns one off cleanly, and changes an off farm without stopping it.
+    mark is reused, `farms.released_marks`). `renames` pairs an upserted backend with the
+    spare it takes over (new name, spare name); a retire's `backends` are the backends it sets
+    down, as nftlb holds them. `cleanup` marks the delete of a spare: it changes nothing
+    traffic sees, so it is left for when nothing else is waiting (`Plan.main`).
+    `stop_first` turns the farm off before an update of `RESTART_FIELDS` or a delete, and an
+    update on again: nftlb 1.0.7 cannot stop a farm whose ct helper object another farm uses
+    (404, not applied; a delete leaves its rules in the kernel), but turns one off cleanly,
+    and changes an off farm without stopping it.
     """
 
     kind: OpKind
@@ -88,12 +100,16 @@ class Operation:
     step: int = 0
     early: bool = False
     stop_first: bool = False
+    renames: tuple[tuple[str, str], ...] = ()
+    cleanup: bool = False
 
     @property
     def sort_key(self) -> tuple[int, int, bool, str, str]:
         rank = 2 * ORDER[self.kind]
         if self.early:
             rank = 2 * ORDER[OpKind.UPSERT_BACKENDS] - 1
+        if self.cleanup:
+            rank = 2 * len(ORDER)
         return (rank, self.step, not self.farm_name.startswith(FIRST), self.farm_name, self.target)
 
     def to_json(self) -> dict[str, Value]:
@@ -102,6 +118,10 @@ class Operation:
             out["target"] = self.target
         if self.stop_first:
             out["stop_first"] = True
+        if self.cleanup:
+            out["cleanup"] = True
+        if self.renames:
+            out["takes_over"] = dict(self.renames)
         out["changes"] = [c.to_json() for c in self.changes]
         return out
 
@@ -118,6 +138,16 @@ class Plan:
 
     def __bool__(self) -> bool:
         return bool(self.operations)
+
+    @property
+    def main(self) -> Plan:
+        """Everything but the cleanup: what makes traffic match the desired farms."""
+        return Plan(tuple(op for op in self.operations if not op.cleanup))
+
+    @property
+    def cleanup(self) -> Plan:
+        """The deletes of spares (`Operation.cleanup`), last in the plan."""
+        return Plan(tuple(op for op in self.operations if op.cleanup))
 
     def counts(self) -> dict[str, int]:
         counts = {kind.value: 0 for kind in OpKind}

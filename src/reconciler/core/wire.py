@@ -43,6 +43,7 @@ from reconciler.core.farms import (
     NFTLB_LOG_HOOKS,
     OBJECT_NAME_RE,
     PACKET_FIELDS,
+    UNUSABLE_PORT,
     Address,
     Backend,
     Family,
@@ -69,8 +70,6 @@ JSONObject = dict[str, Any]
 
 #: nftlb reads at most 199 characters of the request target (`nftlb-api.md` section 2).
 MAX_URI = 199
-#: Port of a backend read back in a state nftlb cannot use; never equal to a desired port.
-UNUSABLE_PORT = 0
 
 #: Farm attribute name → nftlb key, in the order nftlb must receive them.
 FIELD_KEYS: dict[str, str] = {
@@ -111,21 +110,39 @@ def field_value(farm: Farm, field_name: str) -> str:
     return str(value.value)
 
 
-def backend_body(backend: Backend) -> JSONObject:
+def backend_body(backend: Backend, *, takes_over: str | None = None) -> JSONObject:
     """A whole backend, ``state`` last so that nftlb already knows its IP (else config_error).
 
     A mark of 0 means "not assigned" and is left out, so nftlb picks one; the reconciler
-    assigns marks itself (`farms.assign_marks`) before anything is sent.
+    assigns marks itself (`farms.assign_marks`) before anything is sent. `takes_over` names
+    a spare (a down backend) that becomes this backend: renamed (``newname``) and changed in
+    place, which nftlb 1.0.7 does without an nft call while it is down; the ``state`` then
+    reloads the farm once with the request's other changes.
     """
-    body: JSONObject = {
-        "name": backend.name,
-        "ip-addr": backend.ip,
-        "port": str(backend.port),
-        "weight": str(backend.weight),
-    }
+    body: JSONObject = {"name": takes_over} if takes_over else {}
+    body.update(
+        {
+            "name" if takes_over is None else "newname": backend.name,
+            "ip-addr": backend.ip,
+            "port": str(backend.port),
+            "weight": str(backend.weight),
+        }
+    )
     if backend.mark:
         body["mark"] = f"{backend.mark:#x}"
     body["state"] = "up"
+    return body
+
+
+def retire_body(backend: Backend) -> JSONObject:
+    """A backend set down: out of the scheduler and DNAT maps at once, and kept as a spare.
+
+    The whole backend is sent as nftlb holds it: for a backend nftlb no longer has, a bare
+    ``{"name", "state": "down"}`` creates one without address or port, which strips the port
+    from the whole farm's DNAT map (found on the daemon); unchanged fields cost nothing.
+    """
+    body = backend_body(backend)
+    body["state"] = "down"
     return body
 
 
@@ -284,8 +301,15 @@ def requests_for(op: Operation) -> list[Request]:
     if kind is OpKind.UPSERT_BACKENDS:
         if not op.backends:
             return []
+        spare_of = dict(op.renames)
         body = marked_body(op.farm_name)
-        body["backends"] = [backend_body(b) for b in op.backends]
+        body["backends"] = [backend_body(b, takes_over=spare_of.get(b.name)) for b in op.backends]
+        return [post_farms_request([body])]
+    if kind is OpKind.RETIRE_BACKENDS:
+        if not op.backends:
+            return []
+        body = marked_body(op.farm_name)
+        body["backends"] = [retire_body(b) for b in op.backends]
         return [post_farms_request([body])]
     raise ValueError(f"unknown operation kind {kind!r}")  # pragma: no cover
 

@@ -196,6 +196,10 @@ class NftlbVerifyError(NftlbError):
         self.result = result
 
 
+#: Operation kinds whose requests the client merges into shared POSTs (`NftlbClient._upsert`).
+_BATCHED = frozenset({OpKind.UPSERT_BACKENDS, OpKind.RETIRE_BACKENDS})
+
+
 def _farm_family(op: Operation) -> Family | None:
     """The family of the farm an operation addresses, or None when neither the operation nor
     the (possibly shortened) name tells."""
@@ -521,9 +525,9 @@ class NftlbClient:
                     isolated += self._create(ops[i:j], failures)
                     i = j
                     continue
-                if op.kind is OpKind.UPSERT_BACKENDS:
+                if op.kind in _BATCHED:
                     j = i
-                    while j < len(ops) and ops[j].kind is OpKind.UPSERT_BACKENDS:
+                    while j < len(ops) and ops[j].kind in _BATCHED:
                         j += 1
                     failed = {f.farm for f in failures}
                     isolated += self._upsert(
@@ -631,31 +635,43 @@ class NftlbClient:
         return isolated
 
     def _upsert(self, ops: Sequence[Operation], failures: list[FarmFailure]) -> int:
-        """Backend upserts of several farms share POSTs (a new endpoint of a Service with a node
-        port is one request for all its farms); a refused chunk is retried farm by farm."""
-        bodies: list[tuple[Operation, JSONObject]] = []
+        """Backend upserts and retires of several farms share POSTs (a new endpoint of a
+        Service with a node port is one request for all its farms), and a farm's upserts and
+        retires are one farm object, upserts first: nftlb reloads the farm once for both, and
+        the farm never drops to zero. A refused chunk is retried farm by farm."""
+        merged: dict[str, tuple[Operation, JSONObject]] = {}
         for op in ops:
             try:
-                bodies.extend((op, r.body) for r in requests_for(op) if r.body is not None)
+                bodies = [
+                    f for r in requests_for(op) if r.body is not None for f in r.body["farms"]
+                ]
             except ValueError as exc:
                 failures.append(_refused(op.farm_name, op.kind, exc))
+                continue
+            for body in bodies:
+                if op.farm_name in merged:
+                    merged[op.farm_name][1]["backends"].extend(body["backends"])
+                else:
+                    merged[op.farm_name] = (op, body)
+        chunked = list(merged.values())
         isolated = 0
-        for start in range(0, len(bodies), self.chunk_size):
+        for start in range(0, len(chunked), self.chunk_size):
             if self._cancelled():
                 break
-            chunk = bodies[start : start + self.chunk_size]
+            chunk = chunked[start : start + self.chunk_size]
             try:
-                self.send(post_farms_request([f for _, body in chunk for f in body["farms"]]))
+                self.send(post_farms_request([body for _, body in chunk]))
                 continue
             except NftlbRejected as exc:
                 if len(chunk) == 1:
-                    failures.append(
-                        self._failure(chunk[0][0].farm_name, OpKind.UPSERT_BACKENDS, exc)
-                    )
+                    failures.append(self._failure(chunk[0][0].farm_name, chunk[0][0].kind, exc))
                     continue
             isolated += 1
-            for op, _ in chunk:
-                self._apply_one(op, failures)
+            for op, body in chunk:
+                try:
+                    self.send(post_farms_request([body]))
+                except NftlbRejected as exc:
+                    failures.append(self._failure(op.farm_name, op.kind, exc))
         return isolated
 
     def _failure(self, farm: str, kind: OpKind, exc: NftlbRejected) -> FarmFailure:
