@@ -27,8 +27,16 @@ from attrs import evolve
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from reconciler.core.diff import diff
-from reconciler.core.farms import Address, Backend, Family, Farm, Protocol, validate_farms
+from reconciler.core.diff import diff, diff_marked, held_farms, marked_farms
+from reconciler.core.farms import (
+    Address,
+    Backend,
+    Family,
+    Farm,
+    Protocol,
+    is_spare,
+    validate_farms,
+)
 from reconciler.core.names import backend_name
 from reconciler.core.plan import OpKind
 from reconciler.nftlb.client import NftlbClient, NftlbError
@@ -113,13 +121,20 @@ def sync(client: NftlbClient, desired: list[Farm]) -> None:
 
 
 def run(
-    start: list[Farm], desired: list[Farm], faults: dict[int, str] | None = None
+    start: list[Farm],
+    desired: list[Farm],
+    faults: dict[int, str] | None = None,
+    middle: list[Farm] | None = None,
 ) -> tuple[Harness, int]:
-    """Start from `start` in nftlb, apply the plan to `desired` with `faults`, checking every
-    request; after a cut, sync again (without faults) until done. Returns the harness and how
-    many requests the first attempt sent before it ended."""
+    """Start from `start` in nftlb (then, with `middle`, the main part of the plan to it,
+    which leaves spares), apply the plan to `desired` with `faults`, checking every request;
+    after a cut, sync again (without faults) until done. Returns the harness and how many
+    requests the first attempt sent before it ended."""
     h = Harness()
     assert h.client.post_farms(start).ok
+    if middle is not None:
+        read = h.client.get_farms()
+        assert h.client.apply(diff(middle, read.owned).main).ok
     assert h.model.dark_farms() == {}
     h.faults = {h.count + i: f for i, f in (faults or {}).items()}
     first = h.count
@@ -230,6 +245,68 @@ def test_every_prefix_of_a_plan_then_the_next_sync_leaves_nftlb_serving(
     _, sent = run(start, desired)
     for k in range(min(sent, 30)):
         run(start, desired, {k: where})
+
+
+@st.composite
+def worlds_with_spares(draw: st.DrawFn) -> tuple[list[Farm], list[Farm], list[Farm]]:
+    """As `worlds`, with a rolling update applied first without its cleanup: the departed
+    endpoints are spares (down) that the next plan takes over or deletes."""
+    start, desired = draw(worlds())
+    return start, [draw(replaced(f)) for f in start], desired
+
+
+@settings(max_examples=60)
+@given(worlds_with_spares(), FAULTS)
+def test_every_request_of_a_plan_over_spares_with_resets_leaves_nftlb_serving(
+    world: tuple[list[Farm], list[Farm], list[Farm]], faults: dict[int, str]
+) -> None:
+    start, middle, desired = world
+    _, sent = run(start, desired, faults, middle=middle)
+    event(f"requests: {min(sent // 5 * 5, 40)}+")
+
+
+@settings(max_examples=15)
+@given(worlds_with_spares(), st.sampled_from(["cut-before", "cut-after"]))
+def test_every_prefix_of_a_plan_over_spares_then_the_next_sync_leaves_nftlb_serving(
+    world: tuple[list[Farm], list[Farm], list[Farm]], where: str
+) -> None:
+    start, middle, desired = world
+    _, sent = run(start, desired, middle=middle)
+    for k in range(min(sent, 20)):
+        run(start, desired, {k: where}, middle=middle)
+
+
+@settings(max_examples=80)
+@given(worlds_with_spares())
+def test_the_main_part_of_a_plan_serves_the_desired_farms_and_holds_what_held_farms_says(
+    world: tuple[list[Farm], list[Farm], list[Farm]],
+) -> None:
+    """What the agent applies first (`Plan.main`) already serves exactly the desired
+    backends; every other backend nftlb holds is a spare the agent knows of (`held_farms`,
+    its view for the next partial sync), and the cleanup then removes exactly those."""
+    start, middle, desired = world
+    h = Harness()
+    assert h.client.post_farms(start).ok
+    read = h.client.get_farms()
+    assert h.client.apply(diff(middle, read.owned).main).ok
+    h.checks = [never_dark]
+    read = h.client.get_farms()
+    marked = marked_farms(desired, read.owned)
+    plan = diff_marked(marked, read.owned, read.unparsable)
+    assert all(op.kind is OpKind.DELETE_BACKEND for op in plan.cleanup)
+    assert h.client.apply(plan.main).ok
+    after = h.client.get_farms().by_name()
+    assert after == held_farms(marked, read.owned, plan)
+    serving = [
+        evolve(f, backends=tuple(b for b in f.backends if not is_spare(b))) for f in after.values()
+    ]
+    assert unmarked(serving) == unmarked(desired)
+    event(
+        f"spares after the main part: {min(sum(len(f.backends) for f in after.values()) - sum(len(f.backends) for f in desired), 5)}"
+    )
+    event(f"takeovers: {min(sum(len(op.renames) for op in plan), 3)}")
+    assert h.client.apply(plan.cleanup).ok
+    assert h.client.get_farms().by_name() == marked
 
 
 # -- the regression of issue 11 --------------------------------------------------------------

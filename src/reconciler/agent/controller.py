@@ -38,7 +38,7 @@ from reconciler.core.desired import (
 from reconciler.core.diff import (
     cleanup_ops,
     diff_marked,
-    held_after,
+    held_farms,
     marked_farms,
     without_backend,
 )
@@ -628,8 +628,7 @@ class Controller:
             marked = marked_farms(kept, read.owned)
             plan = diff_marked(marked, read.owned, read.unparsable)
             result = self._apply("full", plan, desired)
-            have = read.by_name()
-            self._actual = {n: held_after(f, have.get(n)) for n, f in marked.items()}
+            self._actual = held_farms(marked, read.owned, plan)
             self._spares = {n for n, f in self._actual.items() if f is not marked[n]}
             self.metrics.actual_farms.set(len(marked))
             self._count_spares()
@@ -676,11 +675,11 @@ class Controller:
         except NftlbError as e:
             self.request_full_sync()
             return self._failed("partial", e, started, triggers)
-        have = {f.name: f for f in held}
+        now_held = held_farms(marked, held, plan)
         for n in changed:
             self._spares.discard(n)
             if n in marked:
-                self._actual[n] = held_after(marked[n], have.get(n))
+                self._actual[n] = now_held[n]
                 if self._actual[n] is not marked[n]:
                     self._spares.add(n)
             else:

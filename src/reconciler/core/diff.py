@@ -174,6 +174,14 @@ def held_after(marked: Farm, actual: Farm | None) -> Farm:
     return evolve(marked, backends=(*marked.backends, *left)) if left else marked
 
 
+def held_farms(marked: Mapping[str, Farm], actual: Iterable[Farm], plan: Plan) -> dict[str, Farm]:
+    """`held_after` for every marked farm: what nftlb holds once `plan.main` is applied. A farm
+    the plan deletes and creates again (a frontend cycle, an unreadable farm) holds no spares."""
+    gone = {op.farm_name for op in plan if op.kind is OpKind.DELETE_FARM}
+    have = {f.name: f for f in actual if f.name not in gone}
+    return {n: held_after(f, have.get(n)) for n, f in marked.items()}
+
+
 def without_backend(farm: Farm, backend: str) -> Farm:
     """`farm` once a cleanup delete of `backend` is applied."""
     return evolve(farm, backends=tuple(b for b in farm.backends if b.name != backend))
