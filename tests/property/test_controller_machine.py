@@ -168,9 +168,9 @@ class Loop(RuleBasedStateMachine):
         assert _serving(owned) == _unmarked(want)
         # every other backend is a spare, and the controller's view holds it as one
         held = {f.name: f for f in owned}
-        assert {n: held[n] for n in held} == {
-            n: self.controller._actual[n] for n in held
-        }, "the controller's view of nftlb (spares included) is what nftlb holds"
+        assert {n: held[n] for n in held} == {n: self.controller._actual[n] for n in held}, (
+            "the controller's view of nftlb (spares included) is what nftlb holds"
+        )
 
     @invariant()
     def marks_are_explicit(self) -> None:

@@ -296,7 +296,9 @@ class TestRequests:
         # backend without a port, which strips the ports from the farm's DNAT map)
         retire = got[OpKind.RETIRE_BACKENDS][0].body
         whole = farm_body(farm)["backends"][0]
-        assert retire == {"farms": [{**marked_body(NAME), "backends": [{**whole, "state": "down"}]}]}
+        assert retire == {
+            "farms": [{**marked_body(NAME), "backends": [{**whole, "state": "down"}]}]
+        }
         assert list(retire["farms"][0]["backends"][0])[-1] == "state"
 
     def test_a_takeover_renames_the_spare_and_sets_it_up_last(self) -> None:

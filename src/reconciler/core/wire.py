@@ -251,6 +251,18 @@ class Request:
         return tuple(str(f.get("name", "")) for f in self.body.get("farms", ()))
 
     @property
+    def replayable(self) -> bool:
+        """Whether sending it again after nftlb may have carried it out does no harm. A
+        takeover (``newname``) does harm: the second finds no backend under the spare's name,
+        creates one and renames it too, two backends on one name and mark, and nftlb 1.0.7
+        drops the farm's rules (found by the prefix property, with the answer lost)."""
+        return not any(
+            "newname" in b
+            for f in (self.body or {}).get("farms", ())
+            for b in f.get("backends", ())
+        )
+
+    @property
     def summary(self) -> str:
         """For error messages and logs: method, path and which farms, never the body."""
         names = self.farm_names

@@ -121,6 +121,8 @@ UNAUTHORIZED_MESSAGE = "nftlb refused the key (401): check --nftlb-key-file"
 IPV6_WIPING_FIELDS: frozenset[str] = RESTART_FIELDS
 
 #: Errors after which the request was not applied (or re-sending it is harmless).
+#: Errors after which nftlb cannot have carried the request out (it was never sent).
+_UNSENT = (httpx.ConnectError, httpx.ConnectTimeout)
 _RETRYABLE = (
     httpx.ConnectError,
     httpx.ConnectTimeout,
@@ -267,6 +269,13 @@ def _refused(farm: str, kind: OpKind, exc: ValueError) -> FarmFailure:
     return FarmFailure(farm, kind, 0, f"refused before sending: {exc}", "", False, None)
 
 
+def _not_resent(op: Operation, request: Request) -> FarmFailure:
+    """A farm of a refused chunk whose request is not `Request.replayable`: the next full
+    sync reads it back and plans it again."""
+    message = "in a refused request, and not sent again alone (it renames a spare)"
+    return FarmFailure(op.farm_name, op.kind, 0, message, request.summary, None, None)
+
+
 def _chunks(items: Sequence[Farm], size: int) -> Iterator[Sequence[Farm]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -379,6 +388,8 @@ class NftlbClient:
                 )
                 return self._http.send(built, stream=stream)
             except _RETRYABLE as exc:
+                if not request.replayable and not isinstance(exc, _UNSENT):
+                    raise self._unavailable(request, exc) from None
                 if attempt >= self._retries:
                     raise NftlbUnavailable(
                         f"nftlb at {self.url} unreachable for {request.summary} after "
@@ -668,8 +679,12 @@ class NftlbClient:
                     continue
             isolated += 1
             for op, body in chunk:
+                request = post_farms_request([body])
+                if not request.replayable:  # nftlb may have taken it before the refusal
+                    failures.append(_not_resent(op, request))
+                    continue
                 try:
-                    self.send(post_farms_request([body]))
+                    self.send(request)
                 except NftlbRejected as exc:
                     failures.append(self._failure(op.farm_name, op.kind, exc))
         return isolated
