@@ -17,10 +17,9 @@ from reconciler.core.farms import (
     Scheduler,
     assign_marks,
 )
-from reconciler.core.wire import UNUSABLE_PORT
 from reconciler.core.names import FarmKey, farm_name
 from reconciler.core.plan import OpKind, Plan, render_text
-from reconciler.core.wire import OWNER_LOG_PREFIX, requests_for
+from reconciler.core.wire import OWNER_LOG_PREFIX, UNUSABLE_PORT, requests_for
 
 
 def farm(name: str = "k8s.default.web.http.tcp.v4", ip: str = "10.96.0.1", n: int = 2) -> Farm:

@@ -273,7 +273,7 @@ def _not_resent(op: Operation, request: Request) -> FarmFailure:
     """A farm of a refused chunk whose request is not `Request.replayable`: the next full
     sync reads it back and plans it again."""
     message = "in a refused request, and not sent again alone (it renames a spare)"
-    return FarmFailure(op.farm_name, op.kind, 0, message, request.summary, None, None)
+    return FarmFailure(op.farm_name, op.kind, 0, message, request.summary, True, None)
 
 
 def _chunks(items: Sequence[Farm], size: int) -> Iterator[Sequence[Farm]]:
