@@ -526,3 +526,76 @@ def test_pacing_off() -> None:
     w, _ = paced_world(per_write=3.0, pace_max=0.0)
     w.put_slice(eps("web", "10.1.0.1", "10.1.0.2", rv="2"))
     assert w.controller._wait_for_work() == "partial"
+
+
+def _spare_names(farm: Any) -> list[str]:
+    return [b.name for b in farm.backends if b.port == 0]
+
+
+def test_a_replaced_endpoint_is_retired_taken_over_and_cleaned_up_when_idle() -> None:
+    w = World()
+    w.put_service(service())
+    w.put_slice(eps("web", "10.1.0.1", "10.1.0.2"))
+    assert w.controller.sync_full().ok
+    name = "k8s.default.web.http.tcp.v4"
+    # 10.1.0.2 replaced: the new one goes in and the old one is set down in one request
+    w.put_slice(eps("web", "10.1.0.1", "10.1.0.3", rv="2"))
+    result = w.controller.sync_partial()
+    assert result.ok and result.requests == 1
+    farm = w.farms()[name]
+    assert _spare_names(farm) == ["b-10.1.0.2-8080"]
+    assert w.controller.metrics.spare_backends._value.get() == 1
+    spare_mark = farm.backend("b-10.1.0.2-8080").mark
+    # the next new endpoint takes the spare over: renamed in place, with its mark
+    w.put_slice(eps("web", "10.1.0.1", "10.1.0.4", rv="3"))
+    result = w.controller.sync_partial()
+    assert result.ok and result.requests == 1
+    farm = w.farms()[name]
+    assert farm.backend("b-10.1.0.4-8080").mark == spare_mark
+    assert farm.backend("b-10.1.0.2-8080") is None
+    assert _spare_names(farm) == ["b-10.1.0.3-8080"]
+    # nothing waits: the cleanup deletes the spare, and nftlb holds exactly the desired farm
+    assert w.controller._wait_for_work() == "cleanup"
+    assert w.controller.sync_cleanup().ok
+    farm = w.farms()[name]
+    assert [b.ip for b in farm.backends] == ["10.1.0.1", "10.1.0.4"]
+    assert w.controller.metrics.spare_backends._value.get() == 0
+    (line,) = [e for e in w.logs() if e["event"] == "nftlb.cleanup"]
+    assert (line["ok"], line["deleted"], line["farms_left"]) == (True, 1, 0)
+    assert w.controller._wait_for_work() is None  # nothing left to do
+    assert w.controller.sync_full().ok and w.controller.last_result.requests == 0
+
+
+def test_the_cleanup_stops_at_the_next_change_before_sending_anything() -> None:
+    w = World()
+    w.put_service(service())
+    w.put_slice(eps("web", "10.1.0.1", "10.1.0.2"))
+    assert w.controller.sync_full().ok
+    w.put_slice(eps("web", "10.1.0.1", rv="2"))
+    assert w.controller.sync_partial().ok
+    w.put_slice(eps("web", "10.1.0.1", "10.1.0.5", rv="3"))  # a change comes in
+    before = w.writes()
+    assert w.controller.sync_cleanup().ok
+    assert w.writes() == before
+    assert _spare_names(w.farms()["k8s.default.web.http.tcp.v4"]) == ["b-10.1.0.2-8080"]
+    assert w.controller._wait_for_work() == "partial"  # the change goes first ...
+    assert w.controller.sync_partial().ok  # ... and takes the spare over
+    farm = w.farms()["k8s.default.web.http.tcp.v4"]
+    assert [b.ip for b in farm.backends] == ["10.1.0.1", "10.1.0.5"]
+
+
+def test_a_full_sync_after_a_restart_of_the_agent_finds_the_spares_nftlb_holds() -> None:
+    w = World()
+    w.put_service(service())
+    w.put_slice(eps("web", "10.1.0.1", "10.1.0.2"))
+    assert w.controller.sync_full().ok
+    w.put_slice(eps("web", "10.1.0.1", rv="2"))
+    assert w.controller.sync_partial().ok
+    again = Controller(
+        Settings("n1"), w.client, w.services, w.slices, w.nodes, Metrics(), get_logger()
+    )
+    assert again.sync_full().ok and again.last_result.requests == 0  # spares are not urgent
+    assert again.metrics.spare_backends._value.get() == 1
+    assert again._wait_for_work() == "cleanup"
+    assert again.sync_cleanup().ok
+    assert [b.ip for b in w.farms()["k8s.default.web.http.tcp.v4"].backends] == ["10.1.0.1"]

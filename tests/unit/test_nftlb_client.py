@@ -333,6 +333,66 @@ class TestApply:
             owned = c.get_farms().by_name()
             assert [owned[f.name] for f in good] == good
 
+    def test_a_farms_upserts_and_retires_are_one_object_upserts_first(
+        self, client: NftlbClient, model: NftlbModel
+    ) -> None:
+        farms = [make_farm(i, backends=3) for i in range(2)]
+        assert client.post_farms(farms).ok
+        new = [
+            evolve(f, backends=(*f.backends[:2], Backend("b-10.9.0.1-8080", "10.9.0.1", 8080)))
+            for f in farms
+        ]
+        plan = diff(new, client.get_farms().owned)
+        kinds = [op.kind for op in plan.main]
+        assert kinds == [OpKind.UPSERT_BACKENDS] * 2 + [OpKind.RETIRE_BACKENDS] * 2
+        sent: list[Any] = []
+        handler = model.as_handler()
+
+        def recording(request: httpx.Request) -> httpx.Response:
+            if request.method == "POST":
+                sent.append(json.loads(request.content))
+            return handler(request)
+
+        with NftlbClient("http://nftlb", KEY, transport=httpx.MockTransport(recording)) as c:
+            assert c.apply(plan.main).ok
+        (body,) = sent  # one POST for both farms
+        for farm, obj in zip(farms, body["farms"], strict=True):
+            assert obj["name"] == farm.name
+            assert [(b["name"], b["state"]) for b in obj["backends"]] == [
+                ("b-10.9.0.1-8080", "up"),
+                (farm.backends[2].name, "down"),
+            ]
+
+    def test_a_refused_chunk_holding_a_takeover_is_not_sent_again(
+        self, client: NftlbClient, model: NftlbModel
+    ) -> None:
+        """nftlb applies a POST key by key before it refuses it, so the takeover may be done:
+        sent again it would make a second backend under the new name."""
+        good, other = make_farm(1), make_farm(2)
+        assert client.post_farms([good, other]).ok
+        spare = evolve(good.backends[1], port=0)
+        held = evolve(good, backends=(good.backends[0], spare))
+        new = Backend("b-10.9.0.1-8080", "10.9.0.1", 8080, 1, spare.mark)
+        takeover = Operation(
+            OpKind.UPSERT_BACKENDS,
+            good.name,
+            farm=held,
+            backends=(new,),
+            renames=((new.name, spare.name),),
+        )
+        bad = Operation(
+            OpKind.UPSERT_BACKENDS,
+            other.name,
+            farm=other,
+            backends=(evolve(other.backends[0], weight=0),),  # nftlb answers 400
+        )
+        before = len(model.requests)
+        result = client.apply(Plan((takeover, bad)))
+        assert {f.farm for f in result.failures} == {good.name, other.name}
+        assert result.isolated_chunks == 1
+        posts = [path for method, path in model.requests[before:] if method == "POST"]
+        assert len(posts) == 2  # the chunk, then `bad` alone; the takeover not again
+
     def test_unsafe_operations_are_refused_and_the_rest_goes_in(
         self, client: NftlbClient, model: NftlbModel
     ) -> None:

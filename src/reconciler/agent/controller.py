@@ -729,7 +729,7 @@ class Controller:
             for op in ops:
                 if self._work_waiting():
                     break
-                began = self._clock()
+                began = time.perf_counter()  # nftlb's real time, whatever the clock
                 try:
                     applied = self.nftlb.apply(Plan((op,)), cancelled=self._stop.is_set)
                 except NftlbError as e:
@@ -749,7 +749,7 @@ class Controller:
                 self._actual[name] = farm
                 deleted += 1
                 with self._cond:
-                    self._cond.wait(max(0.0, self._clock() - began))
+                    self._cond.wait(time.perf_counter() - began)
             else:
                 self._spares.discard(name)
                 continue
