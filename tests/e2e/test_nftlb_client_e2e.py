@@ -211,11 +211,16 @@ def test_changes_in_place(clean_daemon: NftlbDaemon, client: NftlbClient) -> Non
     assert [(op.kind, op.fields, op.target) for op in plan] == [
         (OpKind.UPDATE_FARM, (*FIELDS_CHANGED, "addresses"), ""),
         (OpKind.UPSERT_BACKENDS, (), ""),
+        (OpKind.RETIRE_BACKENDS, (), ""),
         (OpKind.DELETE_BACKEND, (), gone.name),
     ]
-    result = client.apply(plan)
+    result = client.apply(plan.main)  # the departing backend retired: down, a spare
     assert result.ok, result.failures
     assert result.repairs == 0  # IPv4 only
+    clean_daemon.assert_kernel([wanted, *others])
+    held = client.get_farms().by_name()[wanted.name]
+    assert held.backend(gone.name) == evolve(gone, port=0)
+    assert client.apply(plan.cleanup).ok
     assert client.get_farms().owned == by_name([wanted, *others])
     clean_daemon.assert_kernel([wanted, *others])
 
