@@ -142,32 +142,42 @@ class Bystanders(threading.Thread):
             k += 1
 
 
-def nftlb_backends(client: FloorClient, farm: str) -> set[str] | None:
-    """The backend IPs `GET /farms/<farm>` answers, or None if nftlb does not know the farm."""
+def nftlb_backends(client: FloorClient, farm: str, *, serving: bool = False) -> set[str] | None:
+    """The backend IPs `GET /farms/<farm>` answers (with `serving`, of the backends up only:
+    a retired spare is down, out of every map), or None if nftlb does not know the farm."""
     status, text = client.get_farm(farm)
     if status != 200:
         return None
     farms = json.loads(text).get("farms") or [{}]
-    return {b.get("ip-addr", "") for b in farms[0].get("backends") or []}
+    return {b.get("ip-addr", "") for b in farms[0].get("backends") or [] if not serving or b.get("state") == "up"}
 
 
-def differing(client: FloorClient, desired: dict[str, set[str]]) -> list[str]:
-    return [farm for farm, ips in desired.items() if nftlb_backends(client, farm) != ips]
+def differing(client: FloorClient, desired: dict[str, set[str]], *, serving: bool = False) -> list[str]:
+    return [farm for farm, ips in desired.items() if nftlb_backends(client, farm, serving=serving) != ips]
 
 
-def settle(client: FloorClient, desired: dict[str, set[str]], stopped: float) -> dict[str, Any]:
+def settle(client: FloorClient, desired: dict[str, set[str]], stopped: float, services: int) -> dict[str, Any]:
     """Poll nftlb until every churned farm answers its last written endpoints (or the timeout).
     Only the farms still differing are polled again, every 0.1 s, so that the polls take as
     little of nftlb (which serves one request at a time) as they can."""
     polls: list[tuple[float, int]] = []
-    converged = None
+    converged = serving_at = None
+    kernel_serving: dict[str, Any] | None = None
     left = dict(desired)  # a farm that reached its endpoints stays there (checked again below)
+    unserved = dict(desired)
     while time.monotonic() - stopped < SETTLE_TIMEOUT_S:
+        if serving_at is None:
+            unserved = {farm: desired[farm] for farm in differing(client, unserved, serving=True)}
+            if not unserved:
+                serving_at = time.monotonic() - stopped
+                kernel_serving = kernel_check(services, desired)  # nftlb's word is not enough
         left = {farm: desired[farm] for farm in differing(client, left)}
         at = time.monotonic() - stopped
         polls.append((round(at, 3), len(left)))
         if not left:
             converged = at
+            if serving_at is None:
+                serving_at, kernel_serving = at, kernel_check(services, desired)
             break
         time.sleep(0.1)  # nftlb serves one request at a time: leave room for the agent's
     marks: dict[str, int | None] = {}
@@ -178,6 +188,8 @@ def settle(client: FloorClient, desired: dict[str, set[str]], stopped: float) ->
         else:  # None: no poll finished by then
             marks[f"{mark:g}s"] = seen[-1] if seen else None
     return {
+        "serving_after_s": None if serving_at is None else round(serving_at, 3),
+        "kernel_when_serving": kernel_serving,
         "converged_after_s": None if converged is None else round(converged, 3),
         "differing_at": marks,
         "differing_when_checked_again": len(differing(client, desired)),
@@ -249,7 +261,7 @@ def run(cfg: dict[str, Any], workdir: Path) -> dict[str, Any]:
                 sched1 = {name: proc_sched_seconds(pid) for name, pid in pids.items()}
                 own1 = time.process_time()
                 out["agent_rss_mb_end_of_churn"] = round(agent.rss_mb(), 1)
-                settled = settle(daemon.client(), churn.desired(), t1)
+                settled = settle(daemon.client(), churn.desired(), t1, services)
                 watcher.stop.set()
                 watcher.join()
                 out["kernel_after"] = kernel_check(services, churn.desired())
@@ -258,6 +270,7 @@ def run(cfg: dict[str, Any], workdir: Path) -> dict[str, Any]:
                 during = [e for e in events if wall0 <= log_epoch(e) <= wall1]
                 after = [e for e in events if log_epoch(e) > wall1]
                 restarts = [e for e in agent.events("watchdog.restart_detected") if wall0 <= log_epoch(e) <= wall1]
+                cleanups = agent.events("nftlb.cleanup")
                 nftlb_log = daemon.log_path.read_text(errors="replace")[log0:]
                 alive = agent.alive()
                 logs = {"agent": agent.log_path.read_bytes(), "nftlb": daemon.log_path.read_bytes()}
@@ -284,6 +297,11 @@ def run(cfg: dict[str, Any], workdir: Path) -> dict[str, Any]:
             "write_rate_target_per_s": round(churned_n / PERIOD_S, 1),
             "syncs_during_churn": sync_summary(during),
             "syncs_after_churn": sync_summary(after),
+            "cleanups": {
+                "during_churn": sum(1 for e in cleanups if wall0 <= log_epoch(e) <= wall1),
+                "after_churn": sum(1 for e in cleanups if log_epoch(e) > wall1),
+                "spares_deleted": sum(int(e.get("deleted", 0)) for e in cleanups),
+            },
             "restarts_detected_during_churn": len(restarts),
             "nftlb_failure_lines": {what: nftlb_log.count(what) for what in NFTLB_FAILURES},
             "cpu_pct_of_one_core": {name: round(100 * (cpu1[name] - cpu0[name]) / churn_s, 1) for name in cpu0},
@@ -345,6 +363,9 @@ def report(r: dict[str, Any]) -> None:
         if settle_["converged_after_s"] is not None
         else f"  after the churn: NOT converged in {SETTLE_TIMEOUT_S:.0f} s; farms still differing at {settle_['differing_at']} "
         f"(None: no poll of the churned farms had finished by then; the first polls: {settle_['polls'][:3]})",
+        f"  after the churn: nftlb serves exactly the last written slices (backends up) "
+        f"{settle_['serving_after_s']} s later (the kernel then: {settle_['kernel_when_serving']}); spares cleaned up in {r['cleanups']['after_churn']} cleanup passes "
+        f"({r['cleanups']['during_churn']} during the churn, {r['cleanups']['spares_deleted']} spares deleted in all)",
         f"  syncs after the churn: {after['count']} {after['kinds']} ({after['failed']} failed), duration p50 "
         f"{after['duration_ms_p50']} ms / max {after['duration_ms_max']} ms, requests p50 {after['requests_p50']}, "
         f"{after['ms_per_request']} ms of sync per request",

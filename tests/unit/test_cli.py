@@ -727,6 +727,31 @@ def test_explain_shows_farms_backends_and_endpoints_left_out_on_the_examples(
     assert code == 1 and "left out: other-node" in text and "upsert-backends" in text
 
 
+def test_explain_lists_spares_apart_and_still_matches(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, out, _ = run(capsys, "render", "-f", str(EXAMPLES))
+    doc = json.loads(out)
+    farm = next(f for f in doc["farms"] if f["name"] == "k8s.ingress.ingress.http.tcp.v4")
+    retired = {**farm["backends"][0], "name": "b-10.244.9.9-80", "ip-addr": "10.244.9.9"}
+    retired.update(mark="0x7f", state="down")  # what a retire leaves in nftlb
+    farm["backends"].append(retired)
+    state = tmp_path / "farms.json"
+    state.write_text(json.dumps(doc))
+    code, r = _explain(capsys, "ingress/ingress", "-f", str(EXAMPLES), "--state", str(state))
+    assert code == 0 and r["matches"] is True
+    assert r["nftlb"]["operations"] == [] and r["nftlb"]["spares"] == ["b-10.244.9.9-80"]  # type: ignore[index]
+    code, text, _ = run(
+        capsys, "explain", "ingress/ingress", "-f", str(EXAMPLES), "--state", str(state)
+    )
+    assert code == 0 and "the cleanup will delete: b-10.244.9.9-80" in text
+    code, out, _ = run(capsys, "diff", "-f", str(EXAMPLES), "--state", str(state), "-o", "json")
+    plan = json.loads(out)
+    assert code == 1 and [(o["op"], o.get("cleanup")) for o in plan["operations"]] == [
+        ("delete-backend", True)
+    ]
+
+
 def test_explain_tells_why_each_endpoint_is_left_out(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -207,9 +207,11 @@ def build_report(args: argparse.Namespace, settings: Resolved) -> dict[str, Any]
         where = "an empty nftlb"
     else:
         where = args.state if getattr(args, "state", None) else args.nftlb_url
-    ops: list[Operation] = [
-        op for op in plan_for(desired, read) if _belongs(op.farm_name, key, ours)
-    ]
+    planned = [op for op in plan_for(desired, read) if _belongs(op.farm_name, key, ours)]
+    # Spares (retired backends, down and out of every map) change nothing traffic sees: their
+    # deletes are listed apart and do not make the Service differ.
+    ops: list[Operation] = [op for op in planned if not op.cleanup]
+    spares = [op.target for op in planned if op.cleanup]
     # This Service's farms that a farm kube-nftlb did not make holds: `run` withholds them (so
     # they are in no operation) and reports a ForeignFarm problem, as here.
     conflicts = [c for c in conflicts_for(desired, read) if c.farm in ours]
@@ -218,6 +220,7 @@ def build_report(args: argparse.Namespace, settings: Resolved) -> dict[str, Any]
         "compared_with": where,
         "matches": not ops and not conflicts,
         "operations": [op.to_json() for op in ops],
+        "spares": spares,
         "conflicts": [c.to_json() for c in conflicts],
         "foreign_farms": list(read.foreign),
         "kernel": None,
@@ -282,6 +285,11 @@ def _text(r: dict[str, Any]) -> str:
             lines.append(f"  {op['op']} {op['farm']}{target}")
             for c in op["changes"]:
                 lines.append(f"    {c['path']}: {json.dumps(c['old'])} -> {json.dumps(c['new'])}")
+    if n["spares"]:
+        lines.append(
+            f"  spares (retired backends, down, out of every map) the cleanup will delete: "
+            f"{', '.join(n['spares'])}"
+        )
     for c in n["conflicts"]:
         lines.append(
             f"  ! conflict {c['farm']}: not programmed, nftlb's farm {c['foreign']!r} (not "
