@@ -364,7 +364,8 @@ def report(r: dict[str, Any]) -> None:
         else f"  after the churn: NOT converged in {SETTLE_TIMEOUT_S:.0f} s; farms still differing at {settle_['differing_at']} "
         f"(None: no poll of the churned farms had finished by then; the first polls: {settle_['polls'][:3]})",
         f"  after the churn: nftlb serves exactly the last written slices (backends up) "
-        f"{settle_['serving_after_s']} s later (the kernel then: {settle_['kernel_when_serving']}); spares cleaned up in {r['cleanups']['after_churn']} cleanup passes "
+        f"{settle_['serving_after_s']} s later (the kernel then: {settle_['kernel_when_serving']}); "
+        f"spares cleaned up in {r['cleanups']['after_churn']} cleanup passes "
         f"({r['cleanups']['during_churn']} during the churn, {r['cleanups']['spares_deleted']} spares deleted in all)",
         f"  syncs after the churn: {after['count']} {after['kinds']} ({after['failed']} failed), duration p50 "
         f"{after['duration_ms_p50']} ms / max {after['duration_ms_max']} ms, requests p50 {after['requests_p50']}, "
