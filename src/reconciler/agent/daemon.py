@@ -291,9 +291,13 @@ class Daemon:
         return all(i.wait_for_sync(timeout) for i in (self.services, self.slices, self.nodes))
 
     def run_until_signal(self) -> None:
+        """Wait for SIGTERM or SIGINT. The wait wakes twice a second: the kernel may hand the
+        signal to any thread, and then a main thread asleep in an untimed wait is never
+        interrupted to run the handler (seen in e2e: a SIGTERM ignored for minutes)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._stopped.set())
-        self._stopped.wait()
+        while not self._stopped.wait(0.5):
+            pass
 
     def stop(self) -> None:
         self.log.info("daemon.stop")
