@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from attrs import evolve
-from hypothesis import given
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from reconciler.core.farms import MAX_MARK, Backend, Farm, _mark, assign_marks, released_marks
+from reconciler.core.farms import (
+    MAX_MARK,
+    UNUSABLE_PORT,
+    Backend,
+    Farm,
+    _mark,
+    assign_marks,
+    is_spare,
+    released_marks,
+    takeovers,
+)
 from tests.property.test_wire_model import farms
 
 MARKS = st.integers(min_value=-1, max_value=MAX_MARK + 1)
@@ -29,6 +39,12 @@ def desired_and_actual(draw: st.DrawFn) -> tuple[Farm, Farm | None]:
         mark = draw(st.one_of(MARKS, st.integers(0, 3), st.just(len(held) + 1)))
         port = b.port if draw(st.integers(0, 9)) else b.port % 65535 + 1
         held.append(Backend(b.name, b.ip, port, b.weight, mark))
+    names = {b.name for b in desired.backends}
+    for i in range(draw(st.integers(0, 3))):  # departing backends: working ones and spares
+        if f"gone-{i}" not in names:
+            mark = draw(st.one_of(MARKS, st.integers(0, 3), st.just(len(held) + 1)))
+            port = draw(st.sampled_from([UNUSABLE_PORT, 8080]))
+            held.append(Backend(f"gone-{i}", "10.9.9.9", port, 1, mark))
     return desired, evolve(desired, backends=tuple(held))
 
 
@@ -68,6 +84,7 @@ def test_marking_a_marked_farm_against_itself_changes_nothing(desired: Farm) -> 
     assert assign_marks(desired, marked) == marked
 
 
+@settings(max_examples=300)
 @given(desired_and_actual())
 def test_a_mark_sent_is_never_one_another_backend_nftlb_holds_may_still_have(
     pair: tuple[Farm, Farm | None],
@@ -80,12 +97,20 @@ def test_a_mark_sent_is_never_one_another_backend_nftlb_holds_may_still_have(
         return
     marked = assign_marks(desired, actual)
     first = released_marks(marked, actual)
+    taken = takeovers(marked, actual)
+    assert len(set(taken.values())) == len(taken), "a spare becomes one backend at most"
     for b in marked.backends:
         if actual.backend(b.name) == b:
             continue
         holders = {o.name for o in actual.backends if o.mark == b.mark and o.name != b.name}
+        if b.name in taken:  # the spare it becomes holds the mark, and nothing else does
+            spare = actual.backend(taken[b.name])
+            assert spare is not None and is_spare(spare) and marked.backend(spare.name) is None
+            assert holders == {spare.name}
+            continue
         departing = {n for n in holders if marked.backend(n) is None}
         assert departing <= first
         # A backend staying on it would be two on one mark after the plan: never.
         assert all(marked.backend(n).mark != b.mark for n in holders - departing)  # type: ignore[union-attr]
     assert not first, "4095 marks are never all taken in these examples"
+    event(f"takeovers: {min(len(taken), 2)}")

@@ -127,9 +127,7 @@ def diff_farm(desired: Farm, actual: Farm) -> list[Operation]:
                 renames=tuple(sorted(taken.items())),
             )
         )
-    wanted = {b.name for b in desired.backends}
-    first = released_marks(desired, actual)
-    gone = [b for b in actual.backends if b.name not in wanted and b.name not in taken.values()]
+    first, gone = _leaving(desired, actual, taken)
     retired = [b for b in gone if not is_spare(b) and b.name not in first]
     if retired:
         ops.append(
@@ -140,20 +138,33 @@ def diff_farm(desired: Farm, actual: Farm) -> list[Operation]:
                 backends=tuple(retired),
             )
         )
-    for b in gone:
-        change = Change(f"backends[{b.name}]", _obj(b), None)
-        early = b.name in first
-        ops.append(
-            Operation(
-                OpKind.DELETE_BACKEND,
-                name,
-                (change,),
-                target=b.name,
-                early=early,
-                cleanup=not early,
-            )
-        )
+    ops.extend(_delete_backend(name, b, early=b.name in first) for b in gone)
     return ops
+
+
+def _leaving(
+    desired: Farm, actual: Farm, taken: Mapping[str, str]
+) -> tuple[set[str], list[Backend]]:
+    """The backends of `actual` that `desired` drops and no new backend takes over (`taken`:
+    `takeovers`), and which of them must be deleted first (`released_marks`)."""
+    wanted = {b.name for b in desired.backends}
+    spent = set(taken.values())
+    gone = [b for b in actual.backends if b.name not in wanted and b.name not in spent]
+    return released_marks(desired, actual), gone
+
+
+def _delete_backend(farm: str, backend: Backend, *, early: bool = False) -> Operation:
+    """A backend's delete: the cleanup of a spare or of a backend the plan retires, or, with
+    `early`, a delete that must precede the farm's upserts (its mark is reused)."""
+    change = Change(f"backends[{backend.name}]", _obj(backend), None)
+    return Operation(
+        OpKind.DELETE_BACKEND,
+        farm,
+        (change,),
+        target=backend.name,
+        early=early,
+        cleanup=not early,
+    )
 
 
 def held_after(marked: Farm, actual: Farm | None) -> Farm:
@@ -163,14 +174,8 @@ def held_after(marked: Farm, actual: Farm | None) -> Farm:
     against this, so that new backends take those spares over."""
     if actual is None:
         return marked
-    taken = set(takeovers(marked, actual).values())
-    wanted = {b.name for b in marked.backends}
-    first = released_marks(marked, actual)
-    left = [
-        evolve(b, port=UNUSABLE_PORT)
-        for b in actual.backends
-        if b.name not in wanted and b.name not in taken and b.name not in first
-    ]
+    first, gone = _leaving(marked, actual, takeovers(marked, actual))
+    left = [evolve(b, port=UNUSABLE_PORT) for b in gone if b.name not in first]
     return evolve(marked, backends=(*marked.backends, *left)) if left else marked
 
 
@@ -191,17 +196,7 @@ def cleanup_ops(farm: Farm, wanted: Iterable[str]) -> list[Operation]:
     """The cleanup deletes for the spares of a farm as `held_after` gives it (its backends
     not in `wanted`)."""
     keep = set(wanted)
-    return [
-        Operation(
-            OpKind.DELETE_BACKEND,
-            farm.name,
-            (Change(f"backends[{b.name}]", _obj(b), None),),
-            target=b.name,
-            cleanup=True,
-        )
-        for b in farm.backends
-        if b.name not in keep
-    ]
+    return [_delete_backend(farm.name, b) for b in farm.backends if b.name not in keep]
 
 
 def marked_farms(desired: Iterable[Farm], actual: Iterable[Farm]) -> dict[str, Farm]:

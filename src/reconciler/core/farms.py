@@ -405,10 +405,16 @@ def takeovers(desired: Farm, actual: Farm) -> dict[str, str]:
 def released_marks(desired: Farm, actual: Farm) -> set[str]:
     """Backends of `actual` that `desired` drops and whose mark a backend `desired` adds or
     changes takes over: each must be deleted before that backend is sent (`_mark` reuses a
-    departing mark only when all 4095 are taken)."""
+    departing mark only when all 4095 are taken). A spare a new backend takes over is not
+    one: it becomes that backend (`takeovers`)."""
     wanted = {b.name: b for b in desired.backends}
     sent = {b.mark for b in desired.backends if actual.backend(b.name) != b}
-    return {b.name for b in actual.backends if b.name not in wanted and b.mark in sent}
+    taken = set(takeovers(desired, actual).values())
+    return {
+        b.name
+        for b in actual.backends
+        if b.name not in wanted and b.mark in sent and b.name not in taken
+    }
 
 
 def _same_backends(desired: tuple[Backend, ...], actual: tuple[Backend, ...]) -> bool:
