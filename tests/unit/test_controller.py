@@ -566,13 +566,19 @@ def test_a_replaced_endpoint_is_retired_taken_over_and_cleaned_up_when_idle() ->
     assert w.controller.sync_full().ok and w.controller.last_result.requests == 0
 
 
-def test_the_cleanup_stops_at_the_next_change_before_sending_anything() -> None:
+def world_with_a_spare() -> World:
+    """`web` with 10.1.0.1 and 10.1.0.2, then 10.1.0.2 removed: nftlb holds it as a spare."""
     w = World()
     w.put_service(service())
     w.put_slice(eps("web", "10.1.0.1", "10.1.0.2"))
     assert w.controller.sync_full().ok
     w.put_slice(eps("web", "10.1.0.1", rv="2"))
     assert w.controller.sync_partial().ok
+    return w
+
+
+def test_the_cleanup_stops_at_the_next_change_before_sending_anything() -> None:
+    w = world_with_a_spare()
     w.put_slice(eps("web", "10.1.0.1", "10.1.0.5", rv="3"))  # a change comes in
     before = w.writes()
     assert w.controller.sync_cleanup().ok
@@ -585,12 +591,7 @@ def test_the_cleanup_stops_at_the_next_change_before_sending_anything() -> None:
 
 
 def test_a_full_sync_after_a_restart_of_the_agent_finds_the_spares_nftlb_holds() -> None:
-    w = World()
-    w.put_service(service())
-    w.put_slice(eps("web", "10.1.0.1", "10.1.0.2"))
-    assert w.controller.sync_full().ok
-    w.put_slice(eps("web", "10.1.0.1", rv="2"))
-    assert w.controller.sync_partial().ok
+    w = world_with_a_spare()
     again = Controller(
         Settings("n1"), w.client, w.services, w.slices, w.nodes, Metrics(), get_logger()
     )
