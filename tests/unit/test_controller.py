@@ -562,6 +562,10 @@ def test_a_replaced_endpoint_is_retired_taken_over_and_cleaned_up_when_idle() ->
     assert w.controller.metrics.spare_backends._value.get() == 0
     (line,) = [e for e in w.logs() if e["event"] == "nftlb.cleanup"]
     assert (line["ok"], line["deleted"], line["farms_left"]) == (True, 1, 0)
+    deletes = [
+        e for e in w.logs() if e["event"] == "nftlb.operation" and e["op"] == "delete-backend"
+    ]
+    assert [e["target"] for e in deletes] == ["b-10.1.0.3-8080"]  # each cleanup request logged
     assert w.controller._wait_for_work() is None  # nothing left to do
     assert w.controller.sync_full().ok and w.controller.last_result.requests == 0
 

@@ -61,7 +61,7 @@ from reconciler.core.node_rules import (
 )
 from reconciler.core.nodeports import NodePortAddresses
 from reconciler.core.ownership import Conflict, ForeignFarm, conflict_problem, foreign_conflicts
-from reconciler.core.plan import Plan
+from reconciler.core.plan import Operation, Plan
 from reconciler.core.problems import ObjectRef, Problem
 from reconciler.kernel.nftables import NftablesError
 from reconciler.kubeapi.events import EventRecorder
@@ -730,6 +730,7 @@ class Controller:
                 if self._work_waiting():
                     break
                 began = time.perf_counter()  # nftlb's real time, whatever the clock
+                self._log_operation(op)
                 try:
                     applied = self.nftlb.apply(Plan((op,)), cancelled=self._stop.is_set)
                 except NftlbError as e:
@@ -895,13 +896,7 @@ class Controller:
         """Apply the plan but its cleanup, which `sync_cleanup` does when nothing waits."""
         plan = plan.main
         for op in plan:
-            self.log.info(
-                "nftlb.operation",
-                farm=op.farm_name,
-                op=op.kind.value,
-                target=op.target or None,
-                changes=[c.to_json() for c in op.changes],
-            )
+            self._log_operation(op)
         applied = (
             self.nftlb.apply(plan, cancelled=self._stop.is_set)
             if plan or self.nftlb.repair_pending
@@ -935,6 +930,15 @@ class Controller:
             desired=len(desired.farms),
             problems=len(desired.problems),
             error="; ".join(f"{f.farm}: {f.message}" for f in failures),
+        )
+
+    def _log_operation(self, op: Operation) -> None:
+        self.log.info(
+            "nftlb.operation",
+            farm=op.farm_name,
+            op=op.kind.value,
+            target=op.target or None,
+            changes=[c.to_json() for c in op.changes],
         )
 
     def _log_problem(self, p: Problem, **extra: Any) -> None:
