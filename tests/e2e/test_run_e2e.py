@@ -154,6 +154,16 @@ def test_service_lifecycle_reaches_nftlb_and_the_kernel(agent: Agent, fake: Fake
     )
     fake.apply(web_slice(["10.244.2.14"]))
     wait_until(lambda: backends(agent, WEB) == ["10.244.2.14"], what="scale down")
+    # the three were retired (down, in the same request as nothing else: one POST), then the
+    # cleanup deleted them once nothing else waited
+    retired = [o for o in agent.events("nftlb.operation") if o["op"] == "retire-backends"]
+    assert [len(o["changes"]) for o in retired if o["farm"] == WEB] == [3]
+    assert sum(e["deleted"] for e in agent.events("nftlb.cleanup")) >= 3
+    wait_until(
+        lambda: _value(agent.http("/metrics")[1], "kube_nftlb_spare_backends") == 0,
+        what="no spare left",
+    )
+    agent.daemon.assert_kernel(agent.farms().values())
 
     svc = fake.get("Service", "default", "web")
     assert svc is not None
@@ -406,11 +416,15 @@ def test_every_metric_the_dashboard_and_alerts_query_is_served(
 NO_LOCAL = "kubeproxy_sync_proxy_rules_no_local_endpoints_total"
 
 
-def _gauge(text: str, name: str, traffic_policy: str) -> float | None:
+def _value(text: str, name: str, **labels: str) -> float | None:
     from prometheus_client.parser import text_string_to_metric_families
 
     for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and s.labels.get("traffic_policy") == traffic_policy:
-                return s.value
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                return sample.value
     return None
+
+
+def _gauge(text: str, name: str, traffic_policy: str) -> float | None:
+    return _value(text, name, traffic_policy=traffic_policy)
