@@ -158,7 +158,10 @@ def test_service_lifecycle_reaches_nftlb_and_the_kernel(agent: Agent, fake: Fake
     # cleanup deleted them once nothing else waited
     retired = [o for o in agent.events("nftlb.operation") if o["op"] == "retire-backends"]
     assert [len(o["changes"]) for o in retired if o["farm"] == WEB] == [3]
-    assert sum(e["deleted"] for e in agent.events("nftlb.cleanup")) >= 3
+    wait_until(  # the pass logs once it ends, after the pause that follows its last delete
+        lambda: sum(e["deleted"] for e in agent.events("nftlb.cleanup")) >= 3,
+        what="the cleanup pass logged",
+    )
     wait_until(
         lambda: _value(agent.http("/metrics")[1], "kube_nftlb_spare_backends") == 0,
         what="no spare left",
