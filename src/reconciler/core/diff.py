@@ -107,8 +107,9 @@ def diff_farm(desired: Farm, actual: Farm) -> list[Operation]:
     taken = takeovers(desired, actual)
     upserts: list[Backend] = []
     changes_b: list[Change] = []
+    have = {b.name: b for b in actual.backends}
     for b in desired.backends:
-        old = actual.backend(b.name)
+        old = have.get(b.name)
         if old == b:
             continue
         upserts.append(b)
@@ -172,7 +173,7 @@ def held_after(marked: Farm, actual: Farm | None) -> Farm:
     the marked desired farm plus the spares still to be cleaned up, as a read-back shows
     them (retired backends down: `UNUSABLE_PORT`). The agent diffs its next partial sync
     against this, so that new backends take those spares over."""
-    if actual is None:
+    if actual is None or marked.backends == actual.backends:  # every resync of a quiet farm
         return marked
     first, gone = _leaving(marked, actual, takeovers(marked, actual))
     left = [evolve(b, port=UNUSABLE_PORT) for b in gone if b.name not in first]

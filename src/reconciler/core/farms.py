@@ -9,6 +9,7 @@ core, because nftlb accepts bad input silently and one bad farm can break all ot
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
 
@@ -381,9 +382,7 @@ def spares(desired: Farm, actual: Farm | None) -> tuple[Backend, ...]:
     if actual is None:
         return ()
     wanted = {b.name for b in desired.backends}
-    counts: dict[int, int] = {}
-    for b in actual.backends:
-        counts[b.mark] = counts.get(b.mark, 0) + 1
+    counts = Counter(b.mark for b in actual.backends)
     return tuple(
         b
         for b in actual.backends
@@ -395,10 +394,11 @@ def takeovers(desired: Farm, actual: Farm) -> dict[str, str]:
     """New backends of marked `desired` that take over a spare of `actual` (the one whose
     mark `_mark` gave them), as new name -> spare name."""
     by_mark = {b.mark: b.name for b in spares(desired, actual)}
+    present = {b.name for b in actual.backends}
     return {
         b.name: by_mark[b.mark]
         for b in desired.backends
-        if actual.backend(b.name) is None and b.mark in by_mark
+        if b.name not in present and b.mark in by_mark
     }
 
 
@@ -408,7 +408,8 @@ def released_marks(desired: Farm, actual: Farm) -> set[str]:
     departing mark only when all 4095 are taken). A spare a new backend takes over is not
     one: it becomes that backend (`takeovers`)."""
     wanted = {b.name: b for b in desired.backends}
-    sent = {b.mark for b in desired.backends if actual.backend(b.name) != b}
+    have = {b.name: b for b in actual.backends}
+    sent = {b.mark for b in desired.backends if have.get(b.name) != b}
     taken = set(takeovers(desired, actual).values())
     return {
         b.name
