@@ -65,7 +65,7 @@ from reconciler.core.plan import Operation, Plan
 from reconciler.core.problems import ObjectRef, Problem
 from reconciler.kernel.nftables import NftablesError
 from reconciler.kubeapi.events import EventRecorder
-from reconciler.nftlb.client import NftlbClient, NftlbError, NftlbUnauthorized
+from reconciler.nftlb.client import ApplyResult, NftlbClient, NftlbError, NftlbUnauthorized
 
 ServiceKey = tuple[str, str]
 
@@ -446,8 +446,8 @@ class Controller:
             if not self.synced:
                 self._cond.wait(0.1)
                 return None
-            full_due = self._full_needed or now >= self._next_full
-            if not (full_due or self._dirty or self._all_dirty):
+            full_due, due = self._work_due(now)
+            if not due:
                 if self._spares and now >= self._quiet_until:
                     return "cleanup"
                 wait = self._next_full - now
@@ -692,15 +692,14 @@ class Controller:
             self._after_sync(keys, wall)
         return self._done(result, started, triggers)
 
+    def _work_due(self, now: float) -> tuple[bool, bool]:
+        """Whether a full sync is due, and whether any sync is (the caller holds `_cond`)."""
+        full = self._full_needed or now >= self._next_full
+        return full, full or bool(self._dirty) or self._all_dirty
+
     def _work_waiting(self) -> bool:
         with self._cond:
-            return bool(
-                self._stop.is_set()
-                or self._full_needed
-                or self._dirty
-                or self._all_dirty
-                or self._clock() >= self._next_full
-            )
+            return self._stop.is_set() or self._work_due(self._clock())[1]
 
     def _count_spares(self) -> None:
         self.metrics.spare_backends.set(
@@ -730,22 +729,17 @@ class Controller:
                 if self._work_waiting():
                     break
                 began = time.perf_counter()  # nftlb's real time, whatever the clock
-                self._log_operation(op)
                 try:
-                    applied = self.nftlb.apply(Plan((op,)), cancelled=self._stop.is_set)
+                    applied = self._send(Plan((op,)))
                 except NftlbError as e:
                     self.request_full_sync()
                     result = SyncResult("cleanup", ok=False, error=str(e))
                     break
+                assert applied is not None and farm is not None  # a plan of one; ops needs farm
                 requests += applied.requests
-                self.metrics.nftlb_requests.labels(outcome="success").inc(applied.requests)
-                self.metrics.nftlb_bytes.inc(applied.bytes_sent)
                 if applied.failures:
-                    self.request_full_sync()
                     result = SyncResult("cleanup", ok=False, error=applied.failures[0].message)
                     break
-                self.metrics.plan_operations.labels(op=op.kind.value).inc()
-                assert farm is not None  # ops is empty otherwise
                 farm = without_backend(farm, op.target)
                 self._actual[name] = farm
                 deleted += 1
@@ -892,9 +886,9 @@ class Controller:
         self.metrics.node_table_commands.inc(len(commands))
         return evolve(result, table_commands=len(commands))
 
-    def _apply(self, kind: str, plan: Plan, desired: Desired) -> SyncResult:
-        """Apply the plan but its cleanup, which `sync_cleanup` does when nothing waits."""
-        plan = plan.main
+    def _send(self, plan: Plan) -> ApplyResult | None:
+        """Log, apply and count a plan's operations, and log each farm nftlb refused (a full
+        sync follows then). None when there was nothing to send."""
         for op in plan:
             self._log_operation(op)
         applied = (
@@ -904,12 +898,11 @@ class Controller:
         )
         for op in plan:
             self.metrics.plan_operations.labels(op=op.kind.value).inc()
-        requests = applied.requests if applied else 0
-        sent = applied.bytes_sent if applied else 0
-        self.metrics.nftlb_requests.labels(outcome="success").inc(requests)
-        self.metrics.nftlb_bytes.inc(sent)
-        failures = tuple(applied.failures) if applied else ()
-        for failure in failures:
+        if applied is None:
+            return None
+        self.metrics.nftlb_requests.labels(outcome="success").inc(applied.requests)
+        self.metrics.nftlb_bytes.inc(applied.bytes_sent)
+        for failure in applied.failures:
             self.log.error(
                 "nftlb.farm_failed",
                 farm=failure.farm,
@@ -918,8 +911,17 @@ class Controller:
                 error=failure.message,
                 request=failure.request,
             )
-        if failures:
+        if applied.failures:
             self.request_full_sync()
+        return applied
+
+    def _apply(self, kind: str, plan: Plan, desired: Desired) -> SyncResult:
+        """Apply the plan but its cleanup, which `sync_cleanup` does when nothing waits."""
+        plan = plan.main
+        applied = self._send(plan)
+        requests = applied.requests if applied else 0
+        sent = applied.bytes_sent if applied else 0
+        failures = tuple(applied.failures) if applied else ()
         self._report(desired)
         return SyncResult(
             kind,
