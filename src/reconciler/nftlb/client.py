@@ -160,8 +160,8 @@ class NftlbUnavailable(NftlbError):
 class FarmFailure:
     """One farm whose request failed, and what nftlb held for it right after (GET).
 
-    `status` is nftlb's HTTP status, or 0 when the operation was refused before sending
-    (an unsafe name)."""
+    `status` is nftlb's HTTP status, or 0 when the request was not sent: refused before
+    sending (an unsafe name), or a takeover of a refused chunk not sent again alone."""
 
     farm: str
     kind: OpKind
@@ -607,11 +607,17 @@ class NftlbClient:
             failures.append(_refused(op.farm_name, op.kind, exc))
             return
         for request in requests:
-            try:
-                self.send(request)
-            except NftlbRejected as exc:
-                failures.append(self._failure(op.farm_name, op.kind, exc))
+            if not self._sent(request, op.farm_name, op.kind, failures):
                 return
+
+    def _sent(self, request: Request, farm: str, kind: OpKind, failures: list[FarmFailure]) -> bool:
+        """Send one farm's request; if nftlb refuses it, record the farm's failure."""
+        try:
+            self.send(request)
+        except NftlbRejected as exc:
+            failures.append(self._failure(farm, kind, exc))
+            return False
+        return True
 
     def _create(self, ops: Sequence[Operation], failures: list[FarmFailure]) -> int:
         """Create farms in chunks; returns how many chunks had to be isolated farm by farm."""
@@ -639,10 +645,9 @@ class NftlbClient:
                     continue
             isolated += 1
             for farm in chunk:
-                try:
-                    self.send(post_farms_request([farm_body(farm)]))
-                except NftlbRejected as exc:
-                    failures.append(self._failure(farm.name, OpKind.CREATE_FARM, exc))
+                self._sent(
+                    post_farms_request([farm_body(farm)]), farm.name, OpKind.CREATE_FARM, failures
+                )
         return isolated
 
     def _upsert(self, ops: Sequence[Operation], failures: list[FarmFailure]) -> int:
@@ -683,10 +688,7 @@ class NftlbClient:
                 if not request.replayable:  # nftlb may have taken it before the refusal
                     failures.append(_not_resent(op, request))
                     continue
-                try:
-                    self.send(request)
-                except NftlbRejected as exc:
-                    failures.append(self._failure(op.farm_name, op.kind, exc))
+                self._sent(request, op.farm_name, op.kind, failures)
         return isolated
 
     def _failure(self, farm: str, kind: OpKind, exc: NftlbRejected) -> FarmFailure:
